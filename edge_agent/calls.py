@@ -1,0 +1,133 @@
+"""The tool-call envelope: how a call looks in model output, and how it is read back.
+
+We use the Qwen2.5 native format for every model family, because it is a
+format small instruct models already know::
+
+    <tool_call>
+    {"name": "set_light", "arguments": {"room": "kitchen", "on": true}}
+    </tool_call>
+
+Several blocks in a row are parallel calls. Anything else is a plain-text
+answer, which is how a model says "no tool applies".
+
+The parser is lenient on purpose: unconstrained output (benchmarks without a
+grammar, cloud models) often arrives wrapped in Markdown fences, as a bare
+JSON object, or as a JSON list. Whatever it recovers still goes through the
+verifier; leniency here never lets an invalid call run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+CALL_OPEN = "<tool_call>\n"
+CALL_CLOSE = "\n</tool_call>"
+
+_BLOCK_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+_FENCE_RE = re.compile(r"```(?:json|tool_call)?\s*(.*?)```", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call as the model proposed it; not yet verified."""
+
+    name: str
+    arguments: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "arguments": self.arguments}
+
+
+@dataclass(frozen=True)
+class ParsedOutput:
+    """What a model's text turned out to be.
+
+    ``calls`` are the calls found; ``text`` is a plain answer when there were
+    none; ``errors`` name the fragments that looked like calls but did not parse
+    (a model mistake, recorded, never raised).
+    """
+
+    calls: tuple[ToolCall, ...] = ()
+    text: str = ""
+    errors: tuple[str, ...] = field(default=())
+
+    @property
+    def is_call(self) -> bool:
+        return bool(self.calls)
+
+
+def render_call(call: ToolCall) -> str:
+    body = json.dumps(call.to_dict(), ensure_ascii=False)
+    return f"{CALL_OPEN}{body}{CALL_CLOSE}"
+
+
+def parse_output(text: str) -> ParsedOutput:
+    """Recover tool calls from model text (constrained or not)."""
+    blocks = _BLOCK_RE.findall(text)
+    if blocks:
+        return _parse_fragments(blocks)
+    fenced = _FENCE_RE.findall(text)
+    if fenced:
+        return _parse_fragments(fenced, text_if_none=text)
+    stripped = text.strip()
+    if stripped.startswith(("{", "[")):
+        return _parse_fragments(_split_json_values(stripped), text_if_none=text)
+    return ParsedOutput(text=stripped)
+
+
+def _split_json_values(text: str) -> list[str]:
+    """``{..}\n{..}`` (parallel calls without tags) as separate fragments."""
+    decoder = json.JSONDecoder()
+    fragments: list[str] = []
+    pos = 0
+    while pos < len(text):
+        try:
+            _, end = decoder.raw_decode(text, pos)
+        except ValueError:
+            fragments.append(text[pos:])  # reported as a parse error later
+            break
+        fragments.append(text[pos:end])
+        pos = end
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    return fragments
+
+
+def _parse_fragments(fragments: list[str], text_if_none: str = "") -> ParsedOutput:
+    calls: list[ToolCall] = []
+    errors: list[str] = []
+    for fragment in fragments:
+        try:
+            value = json.loads(fragment)
+        except ValueError as exc:
+            errors.append(f"not valid JSON ({exc.msg} at char {exc.pos}): {fragment[:80]!r}")
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            call = _as_call(item)
+            if isinstance(call, ToolCall):
+                calls.append(call)
+            else:
+                errors.append(call)
+    if not calls and not errors:
+        return ParsedOutput(text=text_if_none.strip())
+    return ParsedOutput(calls=tuple(calls), errors=tuple(errors))
+
+
+def _as_call(item: object) -> ToolCall | str:
+    """Accept {"name", "arguments"} and the OpenAI {"function": {...}} shape."""
+    if isinstance(item, dict) and isinstance(item.get("function"), dict):
+        item = item["function"]
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        return f"a call must be an object with a string 'name': {str(item)[:80]!r}"
+    args = item.get("arguments", item.get("parameters", {}))
+    if isinstance(args, str):  # OpenAI sends arguments as a JSON string
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return f"arguments of {item['name']!r} are not valid JSON"
+    if not isinstance(args, dict):
+        return f"arguments of {item['name']!r} must be an object"
+    return ToolCall(name=item["name"], arguments=args)

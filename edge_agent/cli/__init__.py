@@ -1,0 +1,53 @@
+"""The `edge-agent` command line: thin, it parses flags and calls the library.
+
+Each subcommand lives in its own module with a ``register(subparsers)``
+function; this module only wires them together and turns every
+:class:`EdgeAgentError` into one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from edge_agent.errors import EdgeAgentError
+
+# Each module registers its own subcommands. Imports are lazy so that
+# `edge-agent --help` never loads llama.cpp.
+_COMMAND_MODULES = (
+    "edge_agent.cli.ask",
+    "edge_agent.cli.models",
+)
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="On-device agent runtime: small models, constrained tool calls, verified.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except EdgeAgentError as exc:
+        if args.debug:
+            raise
+        print(f"edge-agent: error: {exc.one_line()}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("edge-agent: interrupted", file=sys.stderr)
+        return 130
+    return code

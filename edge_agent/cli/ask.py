@@ -1,0 +1,70 @@
+"""`edge-agent ask`: one request, from prompt to verified (and run) tool calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from edge_agent.agent import Agent, Result
+from edge_agent.config import load_config
+from edge_agent.errors import InputError
+from edge_agent.registry import Registry, tools_from_json_file
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("ask", help="turn a request into a verified tool call")
+    parser.add_argument("prompt", help="the request, in plain language")
+    parser.add_argument("--tools", type=Path, metavar="FILE", help="JSON list of function definitions")
+    parser.add_argument("--tools-dir", type=Path, action="append", default=[], metavar="DIR")
+    parser.add_argument("--model", metavar="NAME|PATH", help="manifest name or .gguf path")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="edge-agent TOML config")
+    parser.add_argument("--threads", type=int, metavar="N", help="llama.cpp threads")
+    parser.add_argument("--tool-choice", metavar="auto|required|none|NAME")
+    parser.add_argument("--parallel", action="store_true", help="allow several calls")
+    parser.add_argument("--no-exec", action="store_true", help="propose calls, don't run them")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.prompt.strip():
+        raise InputError("the prompt is empty", hint="pass a non-empty prompt")
+    config = load_config(args.config)
+    registry = _registry(args, [*config.tools_dirs, *args.tools_dir])
+    from edge_agent.engine.llama import load_engine
+
+    engine = load_engine(
+        args.model or config.model.name,
+        n_ctx=config.model.n_ctx,
+        n_threads=args.threads or config.model.n_threads,
+    )
+    settings = config.agent
+    if args.parallel:
+        settings = settings.model_copy(update={"parallel_calls": True})
+    agent = Agent(engine, registry, settings, max_tokens=config.model.max_tokens)
+    result = agent.ask(args.prompt, tool_choice=args.tool_choice)
+    _print(result, args.json)
+    return 0 if result.outcome != "invalid" else 1
+
+
+def _registry(args: argparse.Namespace, dirs: list[Path]) -> Registry:
+    if args.tools is not None:
+        return Registry(tools_from_json_file(args.tools))
+    return Registry.from_dirs(*dirs)
+
+
+def _print(result: Result, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+        return
+    for call in result.calls:
+        args = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in call.arguments.items())
+        print(f"{call.name}({args})")
+    if result.outcome == "answer":
+        print(result.text)
+    if result.outcome == "invalid":
+        print(f"no valid call: {result.final.problem}")
+    tokens = f"{result.prompt_tokens}+{result.completion_tokens} tokens"
+    print(f"[{result.route}, {result.latency_s:.2f} s, {tokens}, {len(result.attempts)} attempt(s)]")

@@ -1,0 +1,126 @@
+"""Prompt building, in one place: chat template, tool block, repair message.
+
+We render the model's *own* chat template (from the GGUF) so the model sees
+the format it was trained on. Qwen2.5's template already knows ``tools`` and
+asks for ``<tool_call>`` blocks. For templates that do not mention tools we
+add an equivalent tool block to the system message ourselves, so every
+family is asked for the same envelope (see ``edge_agent.calls``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from edge_agent.errors import InputError
+from edge_agent.schema import ToolSpec
+
+Message = dict[str, Any]
+
+# ChatML, the fallback when a GGUF carries no template at all.
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_TOOL_BLOCK = """# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{tools}
+</tools>
+
+For each function call, return a json object with function name and arguments \
+within <tool_call></tool_call> XML tags:
+<tool_call>
+{{"name": <function-name>, "arguments": <args-json-object>}}
+</tool_call>"""
+
+NO_TOOL_HINT = "If none of the functions fits the request, answer briefly in plain text instead."
+
+
+def build_prompt(
+    template: str | None,
+    messages: Sequence[Message],
+    tools: Sequence[ToolSpec],
+    *,
+    system: str | None = None,
+) -> str:
+    """Render a conversation plus its tools into the text the model reads."""
+    _check_messages(messages)
+    msgs = [dict(m) for m in messages]
+    if system is not None:
+        msgs = _with_system(msgs, system)
+    source = template or _CHATML
+    tool_defs = [t.to_openai() for t in tools]
+    if tools and "tools" not in source:
+        msgs = _with_system(msgs, tool_block(tools))
+        tool_defs = []
+    return _render(source, msgs, tool_defs)
+
+
+def tool_block(tools: Sequence[ToolSpec]) -> str:
+    lines = "\n".join(json.dumps(t.to_openai(), ensure_ascii=False) for t in tools)
+    return _TOOL_BLOCK.format(tools=lines)
+
+
+def user_message(text: str) -> Message:
+    return {"role": "user", "content": text}
+
+
+def repair_message(problem: str) -> Message:
+    """The verifier's complaint, phrased so a small model can act on it."""
+    return {
+        "role": "user",
+        "content": f"That call was rejected: {problem}\nReply with a corrected call.",
+    }
+
+
+def tool_result_message(name: str, result: Any) -> Message:
+    """A tool's result, fed back for multi-step requests (Qwen's ``tool`` role)."""
+    content = json.dumps({"name": name, "result": result}, ensure_ascii=False, default=str)
+    return {"role": "tool", "content": content}
+
+
+def _check_messages(messages: Sequence[Message]) -> None:
+    if not messages:
+        raise InputError("the conversation is empty", hint="pass a prompt")
+    last = messages[-1]
+    if last.get("role") in ("user", "tool") and not str(last.get("content") or "").strip():
+        raise InputError("the prompt is empty", hint="pass a non-empty prompt")
+    for m in messages:
+        if m.get("role") not in ("system", "user", "assistant", "tool"):
+            raise InputError(f"unknown message role {m.get('role')!r}")
+
+
+def _with_system(msgs: list[Message], text: str) -> list[Message]:
+    if msgs and msgs[0].get("role") == "system":
+        first = {**msgs[0], "content": f"{msgs[0].get('content', '')}\n\n{text}".strip()}
+        return [first, *msgs[1:]]
+    return [{"role": "system", "content": text}, *msgs]
+
+
+def _render(source: str, msgs: list[Message], tools: list[dict[str, Any]]) -> str:
+    template = _compile(source)
+    kwargs: dict[str, Any] = {"messages": msgs, "add_generation_prompt": True}
+    if tools:
+        kwargs["tools"] = tools
+    return str(template.render(bos_token="", eos_token="", **kwargs))
+
+
+@lru_cache(maxsize=8)
+def _compile(source: str) -> Any:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise InputError(f"chat template refused the conversation: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(source)
