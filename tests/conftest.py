@@ -1,0 +1,51 @@
+"""Shared fixtures. Model tests use the real llama.cpp engine on real GGUF
+files, fetched (and verified) through edge-agent's own model store the first
+time they are needed; nothing here is a mock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.engine.llama import LlamaEngine
+from edge_agent.models import fetch_model, resolve_model
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+# One llama.cpp instance at a time, with at most as many threads as cores:
+# two instances on two cores slow each other down by an order of magnitude.
+TEST_THREADS = 2
+
+
+def _engine(name: str) -> LlamaEngine:
+    fetch_model(name, progress=False)
+    model = resolve_model(name)
+    return LlamaEngine(model.path, n_ctx=4096, n_threads=TEST_THREADS, name=name)
+
+
+@pytest.fixture(scope="session")
+def qwen() -> Iterator[LlamaEngine]:
+    """The default SLM, Qwen2.5-Coder-0.5B-Instruct Q4_K_M."""
+    yield _engine("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
+def smol() -> Iterator[LlamaEngine]:
+    """SmolLM2-135M: fast, for tests where accuracy does not matter."""
+    yield _engine("smollm2-135m")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real console entry point in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
