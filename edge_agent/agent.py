@@ -115,7 +115,7 @@ def _attempt_json(attempt: Attempt) -> dict[str, Any]:
 class Agent:
     """Turns a request into verified tool calls with a local model."""
 
-    def __init__(  # noqa: PLR0913 - all keyword-only, each documented in AgentSettings
+    def __init__(
         self,
         engine: Engine,
         tools: Registry | Sequence[ToolSpec],
@@ -126,7 +126,7 @@ class Agent:
     ) -> None:
         self.engine = engine
         self.tools = tools
-        self.settings = settings or AgentSettings()
+        self.settings = settings or AgentSettings.model_validate({})
         self.max_tokens = max_tokens
         self.rules = tuple(rules)
 
@@ -177,7 +177,7 @@ class Agent:
         )
         return build_grammar(specs, options)
 
-    def _attempt(  # noqa: PLR0913 - private; one call site per kind
+    def _attempt(
         self,
         kind: AttemptKind,
         messages: list[Message],

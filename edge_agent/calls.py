@@ -102,7 +102,7 @@ def _parse_fragments(fragments: list[str], text_if_none: str = "") -> ParsedOutp
     for fragment in fragments:
         try:
             value = json.loads(fragment)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             errors.append(f"not valid JSON ({exc.msg} at char {exc.pos}): {fragment[:80]!r}")
             continue
         for item in value if isinstance(value, list) else [value]:

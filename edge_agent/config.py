@@ -58,8 +58,8 @@ class EdgeAgentConfig(BaseSettings):
         env_prefix="EDGE_AGENT_", env_nested_delimiter="__", extra="forbid"
     )
 
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    agent: AgentSettings = Field(default_factory=AgentSettings)
+    model: ModelSettings = Field(default_factory=lambda: ModelSettings())
+    agent: AgentSettings = Field(default_factory=lambda: AgentSettings())
     tools_dirs: list[Path] = Field(
         default_factory=list, description="extra folders of tool modules"
     )
@@ -81,12 +81,12 @@ class EdgeAgentConfig(BaseSettings):
 
 def load_config(path: Path | None = None, **overrides: Any) -> EdgeAgentConfig:
     """Config from ``path`` (TOML) and the environment; errors name the key."""
-    cls = EdgeAgentConfig
+    cls: type[EdgeAgentConfig] = EdgeAgentConfig
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         settings = SettingsConfigDict(**{**EdgeAgentConfig.model_config, "toml_file": path})
-        cls = type("EdgeAgentConfigFile", (EdgeAgentConfig,), {"model_config": settings})
+        cls = type("EdgeAgentConfigFile", (EdgeAgentConfig,), {"model_config": settings})  # type: ignore[assignment]
     try:
         return cls(**overrides)
     except ValidationError as exc:

@@ -73,7 +73,9 @@ class ModelNotFoundError(ModelError):
 
 class ModelFetchError(ModelError):
     retryable = True
-    default_hint = "check the network or the package index, then run `edge-agent models fetch` again"
+    default_hint = (
+        "check the network or the package index, then run `edge-agent models fetch` again"
+    )
 
 
 class ChecksumError(ModelError):

@@ -177,7 +177,7 @@ class _Builder:
         head = _lit('{"name": ' + json.dumps(tool.name) + ', "arguments": ')
         return self.add(f"call-{index}-{tool.name}", f'{head} {args} "}}"')
 
-    def schema(self, node: JSONSchema, hint: str) -> str:  # noqa: C901 - a flat dispatch
+    def schema(self, node: JSONSchema, hint: str) -> str:
         if "const" in node:
             return _json_lit(node["const"])
         if "enum" in node:
@@ -212,9 +212,7 @@ class _Builder:
 
     def alternatives(self, node: JSONSchema, key: str, hint: str) -> str:
         siblings = {k: v for k, v in node.items() if k not in ("anyOf", "oneOf")}
-        alts = [
-            self.schema({**siblings, **alt}, f"{hint}-{i}") for i, alt in enumerate(node[key])
-        ]
+        alts = [self.schema({**siblings, **alt}, f"{hint}-{i}") for i, alt in enumerate(node[key])]
         return self.add(hint, " | ".join(dict.fromkeys(alts)))
 
     def string(self, node: JSONSchema, hint: str) -> str:

@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -77,7 +77,10 @@ def models_dir() -> Path:
 
 
 def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, ModelEntry]:
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Jetson's Ubuntu 22.04 ships Python 3.10
+        import tomli as tomllib
 
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -155,11 +158,11 @@ def verify_file(path: Path, entry: ModelEntry, *, full: bool = True) -> GGUFInfo
 
 def sha256_file(path: Path, progress: bool = False) -> str:
     digest = hashlib.sha256()
-    with _progress(path.stat().st_size, f"verify {path.name}", progress) as bar:
-        with path.open("rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-                bar.update(len(chunk))
+    bar = _progress(path.stat().st_size, f"verify {path.name}", progress)
+    with bar, path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
     return digest.hexdigest()
 
 
@@ -271,24 +274,13 @@ def _url_chunks(url: str) -> Iterator[bytes]:
         raise ModelFetchError(f"download from {url} failed: {exc}") from exc
 
 
-class _NullBar:
-    def update(self, n: int) -> None:
-        del n
-
-    def __enter__(self) -> _NullBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _progress(total: int, label: str, enabled: bool) -> _NullBar:
-    if not enabled:
-        return _NullBar()
+def _progress(total: int, label: str, enabled: bool) -> Any:
+    """A tqdm byte counter on stderr (disabled: the same object, silent)."""
     from tqdm import tqdm
 
-    bar: _NullBar = tqdm(total=total, unit="B", unit_scale=True, desc=label, file=sys.stderr)
-    return bar
+    return tqdm(
+        total=total, unit="B", unit_scale=True, desc=label, file=sys.stderr, disable=not enabled
+    )
 
 
 def cached_models() -> dict[str, Path | None]:

@@ -251,9 +251,13 @@ def tools_from_json_file(path: Path) -> list[Tool]:
     """Function definitions with an ``"implementation": "file.py:function"``
     reference (relative to the JSON file); without one they are schema-only."""
     try:
-        defs = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ToolDefinitionError(f"{path}: not a valid JSON tools file: {exc}") from exc
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ToolDefinitionError(f"cannot read tools file {path}: {exc.strerror}") from exc
+    try:
+        defs = json.loads(text)
+    except ValueError as exc:
+        raise ToolDefinitionError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(defs, list):
         raise ToolDefinitionError(f"{path}: expected a JSON list of function definitions")
     return [_tool_from_definition(d, path, i) for i, d in enumerate(defs)]

@@ -89,8 +89,11 @@ def normalize_tool(definition: object, *, index: int = 0) -> ToolSpec:
     """Normalise one OpenAI- or BFCL-style function definition."""
     if not isinstance(definition, Mapping):
         raise SchemaError(f"tool #{index} must be an object, got {_kind(definition)}")
-    if definition.get("type") == "function" and isinstance(definition.get("function"), Mapping):
-        definition = definition["function"]
+    if definition.get("type") == "function":
+        inner = definition.get("function")
+        if not isinstance(inner, Mapping):
+            raise SchemaError(f"tool #{index}: 'function' must be an object")
+        definition = inner
     name = definition.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise SchemaError(

@@ -39,7 +39,9 @@ def smol() -> Iterator[LlamaEngine]:
     yield _engine("smollm2-135m")
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """The real console entry point in a subprocess, as a user runs it."""
     return subprocess.run(
         [sys.executable, "-m", "edge_agent", *args],

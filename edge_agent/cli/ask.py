@@ -16,7 +16,9 @@ from edge_agent.registry import Registry, tools_from_json_file
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("ask", help="turn a request into a verified tool call")
     parser.add_argument("prompt", help="the request, in plain language")
-    parser.add_argument("--tools", type=Path, metavar="FILE", help="JSON list of function definitions")
+    parser.add_argument(
+        "--tools", type=Path, metavar="FILE", help="JSON list of function definitions"
+    )
     parser.add_argument("--tools-dir", type=Path, action="append", default=[], metavar="DIR")
     parser.add_argument("--model", metavar="NAME|PATH", help="manifest name or .gguf path")
     parser.add_argument("--config", type=Path, metavar="FILE", help="edge-agent TOML config")
@@ -60,11 +62,15 @@ def _print(result: Result, as_json: bool) -> None:
         print(json.dumps(result.to_json(), ensure_ascii=False))
         return
     for call in result.calls:
-        args = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in call.arguments.items())
+        args = ", ".join(
+            f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in call.arguments.items()
+        )
         print(f"{call.name}({args})")
     if result.outcome == "answer":
         print(result.text)
     if result.outcome == "invalid":
         print(f"no valid call: {result.final.problem}")
     tokens = f"{result.prompt_tokens}+{result.completion_tokens} tokens"
-    print(f"[{result.route}, {result.latency_s:.2f} s, {tokens}, {len(result.attempts)} attempt(s)]")
+    print(
+        f"[{result.route}, {result.latency_s:.2f} s, {tokens}, {len(result.attempts)} attempt(s)]"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ def _list(args: argparse.Namespace) -> int:
     for name, entry in models.load_manifest().items():
         mark = "*" if entry.default else ""
         size = f"{entry.size / 1e6:.0f} MB"
-        rows.append((name + mark, entry.role, size, "yes" if cached[name] else "no", entry.description))
+        rows.append(
+            (name + mark, entry.role, size, "yes" if cached[name] else "no", entry.description)
+        )
     _table(rows)
     print(f"\n* default model; cache: {models.models_dir()}")
     return 0
@@ -71,7 +74,7 @@ def _path(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]

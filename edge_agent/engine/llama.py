@@ -29,6 +29,8 @@ from edge_agent.grammar import Grammar
 if TYPE_CHECKING:
     import llama_cpp
 
+# llama_cpp ships no type information; grammar objects are typed as Any.
+
 
 def default_threads() -> int:
     """Physical cores: hyper-threads only slow llama.cpp's matmuls down."""
@@ -54,7 +56,7 @@ class LlamaEngine:
     ) -> None:
         import llama_cpp
 
-        self._llama_cpp = llama_cpp
+        self._llama_cpp: Any = llama_cpp
         self._name = name or model_path.stem
         self.n_threads = n_threads or default_threads()
         start = time.perf_counter()
@@ -70,7 +72,7 @@ class LlamaEngine:
         except (ValueError, RuntimeError, OSError) as exc:
             raise EngineError(f"llama.cpp could not load {model_path}: {exc}") from exc
         self.load_s = time.perf_counter() - start
-        self._grammars: dict[str, llama_cpp.LlamaGrammar] = {}
+        self._grammars: dict[str, Any] = {}
         self._n_vocab = self._llm.n_vocab()
 
     @property
@@ -106,7 +108,7 @@ class LlamaEngine:
             )
         return self._run(tokens, self._grammar(grammar), max_tokens)
 
-    def _grammar(self, grammar: Grammar | None) -> llama_cpp.LlamaGrammar | None:
+    def _grammar(self, grammar: Grammar | None) -> Any | None:
         if grammar is None:
             return None
         if grammar.key not in self._grammars:
@@ -114,9 +116,7 @@ class LlamaEngine:
             self._grammars[grammar.key] = lg
         return self._grammars[grammar.key]
 
-    def _run(
-        self, tokens: list[int], grammar: llama_cpp.LlamaGrammar | None, max_tokens: int
-    ) -> Generation:
+    def _run(self, tokens: list[int], grammar: Any | None, max_tokens: int) -> Generation:
         scores: list[TokenScore] = []
         out = bytearray()
         finish: FinishReason = "length"
@@ -185,7 +185,9 @@ def _quiet_stderr() -> Any:
             os.close(fd)
 
 
-def load_engine(model: str | None = None, *, n_ctx: int = 4096, n_threads: int | None = None) -> LlamaEngine:
+def load_engine(
+    model: str | None = None, *, n_ctx: int = 4096, n_threads: int | None = None
+) -> LlamaEngine:
     """Resolve a model name or path, check the file, then load it."""
     from edge_agent.models import resolve_model
 

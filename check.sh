@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every check CI runs, in one place: lint, format, types, tests.
+# Run ./install.sh --dev first. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")"
+V=.venv/bin
+echo "== ruff";   "$V/ruff" check .
+echo "== format"; "$V/ruff" format --check .
+echo "== mypy";   "$V/mypy"
+echo "== pytest"; "$V/python" -m pytest "$@"

@@ -1,0 +1,68 @@
+"""Foundation acceptance: the default SLM through the real llama.cpp engine,
+on a fixed set of requests over the built-in tools.
+
+Every output must parse and validate (valid@1 = 1.0: the grammar makes this a
+guarantee, not a hope), and the model must pick the expected tool for at
+least 90% of requests. The same prompts drive benchmarks/ask_latency.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.registry import Registry
+from tests.conftest import DATA, run_cli
+
+PROMPTS = json.loads((DATA / "ask_prompts.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def results(qwen):
+    registry = Registry.from_dirs()
+    agent = Agent(qwen, registry)
+    return [(item, agent.ask(item["prompt"])) for item in PROMPTS]
+
+
+def test_prompt_set_covers_enough_tools() -> None:
+    assert len(PROMPTS) >= 20
+    assert len({p["tool"] for p in PROMPTS}) >= 6
+
+
+def test_every_first_output_is_valid(results) -> None:
+    invalid = [
+        (item["prompt"], r.attempts[0].generation.text, r.attempts[0].problem)
+        for item, r in results
+        if not r.to_json()["valid_at_1"]
+    ]
+    assert not invalid, invalid
+
+
+def test_tool_accuracy_at_least_90_percent(results) -> None:
+    wrong = [
+        (item["prompt"], item["tool"], r.calls[0].name if r.calls else None)
+        for item, r in results
+        if not r.calls or r.calls[0].name != item["tool"]
+    ]
+    accuracy = 1 - len(wrong) / len(results)
+    assert accuracy >= 0.9, wrong
+
+
+def test_logprobs_are_recorded(results) -> None:
+    for _, r in results:
+        tokens = r.attempts[0].generation.tokens
+        assert tokens and all(t.logprob <= 0.0 and t.entropy >= 0.0 for t in tokens)
+
+
+def test_cli_json_shape() -> None:
+    proc = run_cli("ask", "--json", "--no-exec", "Turn on the kitchen light")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["route"] == "local"
+    [call] = out["tool_calls"]
+    assert call["name"] == "set_light"
+    assert call["arguments"]["room"] == "kitchen" and call["arguments"]["on"] is True
+    assert out["latency_s"] > 0
+    assert out["tokens"]["prompt"] > 0 and out["tokens"]["completion"] > 0
