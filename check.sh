@@ -6,5 +6,5 @@ cd "$(dirname "$0")"
 V=.venv/bin
 echo "== ruff";   "$V/ruff" check .
 echo "== format"; "$V/ruff" format --check .
-echo "== mypy";   "$V/mypy"
+echo "== mypy";   "$V/mypy" && MYPYPATH=tools "$V/mypy" tools/*.py
 echo "== pytest"; "$V/python" -m pytest "$@"

@@ -11,6 +11,7 @@ the verifier and the function signature cannot drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import json
@@ -169,7 +170,8 @@ class Registry:
 
 def load_module(path: Path) -> ModuleType:
     """Import a tool module by file path under a private, stable name."""
-    mod_name = f"edge_agent_tools_{path.stem}_{abs(hash(str(path.resolve()))):x}"
+    digest = hashlib.sha1(str(path.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
+    mod_name = f"edge_agent_tools_{path.stem}_{digest}"
     if mod_name in sys.modules:
         return sys.modules[mod_name]
     spec = importlib.util.spec_from_file_location(mod_name, path)
@@ -190,7 +192,8 @@ def tools_from_module(path: Path) -> list[Tool]:
     found = []
     for attr, value in vars(module).items():
         policy = getattr(value, _MARK, None)
-        if isinstance(policy, ToolPolicy) and callable(value):
+        defined_here = getattr(value, "__module__", None) == module.__name__
+        if isinstance(policy, ToolPolicy) and callable(value) and defined_here:
             found.append(tool_from_function(value, policy, path, attr))
     return found
 
@@ -221,7 +224,8 @@ def args_model_for(func: Callable[..., Any], name: str) -> type[BaseModel]:
             raise ToolDefinitionError(f"tool {name!r}: parameter {param.name!r} has no type hint")
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (hints[param.name], default)
-    config = ConfigDict(extra="forbid")
+    # strict: the model's JSON must already have the right types ("40" is not 40).
+    config = ConfigDict(extra="forbid", strict=True)
     return create_model(f"{name}_args", __config__=config, **fields)
 
 
@@ -234,11 +238,15 @@ def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
         raise ToolDefinitionError(f"{func.__name__}: unresolvable type hints: {exc}") from exc
 
 
+_VALUE_KEYWORDS = frozenset({"default", "enum", "const", "examples"})
+
+
 def _strip_titles(node: Any) -> Any:
-    """pydantic adds ``title`` everywhere; it only costs prompt tokens."""
+    """pydantic adds ``title`` everywhere; it only costs prompt tokens.
+    Values (defaults, enums) are data and are left alone."""
     if isinstance(node, dict):
         return {
-            k: _strip_titles(v)
+            k: v if k in _VALUE_KEYWORDS else _strip_titles(v)
             for k, v in node.items()
             if not (k == "title" and isinstance(v, str))
         }

@@ -1,0 +1,103 @@
+"""Home automation: lights, thermostats, sensors, door locks and water valves.
+
+Every call goes through the :class:`DeviceBackend` in ``_devices.py``: today a
+simulated state file (``$EDGE_AGENT_DEVICE_STATE``), later the firmware bridge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import Field
+
+from edge_agent.registry import load_module, tool
+
+if TYPE_CHECKING:
+    from _devices import DeviceBackend, default_backend
+else:
+    # tools/ is not a package: load the sibling module by path, as the registry does.
+    _devices = load_module(Path(__file__).with_name("_devices.py"))
+    DeviceBackend = _devices.DeviceBackend
+    default_backend = _devices.default_backend
+
+Room = Literal["living_room", "kitchen", "bedroom", "bathroom", "hallway", "garage"]
+Sensor = Literal["temperature", "humidity", "co2", "motion", "door", "smoke"]
+Door = Literal["front", "back", "garage"]
+Valve = Literal["garden", "main_water"]
+Mode = Literal["heat", "cool", "auto", "off"]
+
+Percent = Annotated[int, Field(ge=0, le=100)]
+
+
+def backend() -> DeviceBackend:
+    """The device backend for this call (state lives outside the process)."""
+    return default_backend()
+
+
+@tool(
+    "Switch a room's light on or off and set its brightness.",
+    side_effect="actuate",
+    rate_limit="20/min",
+    tags=("home",),
+)
+def set_light(
+    room: Room,
+    on: bool,
+    brightness: Annotated[int, Field(ge=0, le=100, description="percent")] = 100,
+) -> dict[str, Any]:
+    done = backend().set(f"light.{room}", {"on": on, "brightness": brightness})
+    return {"room": room, **_public(done)}
+
+
+@tool(
+    "Set the heating or cooling target temperature (Celsius) of a room.",
+    side_effect="actuate",
+    rate_limit="6/min",
+    tags=("home",),
+)
+def set_thermostat(
+    room: Room,
+    temperature_c: Annotated[float, Field(ge=5, le=30)],
+    mode: Mode = "auto",
+) -> dict[str, Any]:
+    done = backend().set(f"thermostat.{room}", {"target_c": temperature_c, "mode": mode})
+    return {"room": room, **_public(done)}
+
+
+@tool(
+    "Read a room sensor: temperature, humidity, CO2, motion, door or smoke.",
+    side_effect="read",
+    tags=("home",),
+)
+def read_sensor(sensor: Sensor, room: Room) -> dict[str, Any]:
+    reading = backend().read(f"{sensor}.{room}")
+    return {"sensor": sensor, "room": room, "value": reading["value"], "unit": reading["unit"]}
+
+
+@tool(
+    "Lock or unlock a door.",
+    side_effect="dangerous",
+    rate_limit="6/min",
+    tags=("home", "security"),
+)
+def lock_door(door: Door, locked: bool) -> dict[str, Any]:
+    done = backend().set(f"lock.{door}", {"locked": locked})
+    return {"door": door, **_public(done)}
+
+
+@tool(
+    "Open a water valve to a percentage (0 closes it).",
+    side_effect="dangerous",
+    rate_limit="6/min",
+    tags=("home", "water"),
+)
+def set_valve(valve: Valve, open_percent: Percent) -> dict[str, Any]:
+    done = backend().set(f"valve.{valve}", {"open_percent": open_percent})
+    return {"valve": valve, **_public(done)}
+
+
+def _public(result: dict[str, Any]) -> dict[str, Any]:
+    """The new state and whether it changed: what the model needs to answer."""
+    state = {k: v for k, v in result["state"].items() if k != "at"}
+    return {**state, "changed": bool(result["changed"])}
