@@ -1,30 +1,52 @@
-"""One request end to end: prompt → constrained decode → verify → repair.
+"""One request end to end: prompt → constrained decode → verify → repair →
+execute → (feed results back, next step).
 
-The agent is built from parts passed in (an engine, a set of tools, typed
-settings); it constructs none of them and does no I/O of its own beyond
-calling them. A run is plain data: a :class:`Result` holding every
-:class:`Attempt`, so telemetry, benchmarks and the CLI read the same record.
+The agent is built from parts passed in (an engine, a set of tools, a
+sandbox, typed settings); it constructs none of them and does no I/O of its
+own beyond calling them. A run is plain data: a :class:`Result` holding every
+:class:`Attempt` and :class:`Execution`, so telemetry, benchmarks and the CLI
+read the same record.
+
+Multi-step: after the calls of one step have run, their results go back to
+the model as ``tool`` messages and it may call again or answer in text, up to
+``max_steps``. A call identical to one already executed ends the loop rather
+than running twice: small models like to repeat themselves.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
 
 from edge_agent.calls import ParsedOutput, ToolCall, parse_output
 from edge_agent.config import AgentSettings
 from edge_agent.engine.base import Engine, Generation
 from edge_agent.errors import InputError
 from edge_agent.grammar import Grammar, GrammarOptions, build_grammar
-from edge_agent.prompts import Message, build_prompt, repair_message, user_message
-from edge_agent.registry import Registry
+from edge_agent.prompts import (
+    Message,
+    build_prompt,
+    repair_message,
+    tool_result_message,
+    user_message,
+)
+from edge_agent.ratelimit import RateLimiter
+from edge_agent.registry import Registry, Tool
 from edge_agent.schema import ToolSpec
 from edge_agent.verify import Rule, Verdict, verify_output
 
 AttemptKind = Literal["initial", "repair"]
 Outcome = Literal["call", "answer", "invalid"]
+ExecStatus = Literal["done", "failed", "unconfirmed", "skipped"]
+Confirm = Callable[[ToolCall, Tool], bool]
+
+
+class _Runner(Protocol):
+    """The sandbox interface (``edge_agent.sandbox.base.Sandbox``)."""
+
+    def run(self, tool: Tool, arguments: dict[str, Any]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -36,6 +58,7 @@ class Attempt:
     parsed: ParsedOutput
     verdicts: tuple[Verdict, ...]
     constrained: bool
+    step: int = 0
 
     @property
     def valid(self) -> bool:
@@ -48,11 +71,36 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class Execution:
+    """One verified call and what running it did (``result`` is the
+    sandbox's ``SandboxResult``; None when it was not run)."""
+
+    step: int
+    call: ToolCall
+    status: ExecStatus
+    result: Any = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.call.to_dict(), "status": self.status}
+        if self.result is not None:
+            out["result"] = self.result.value if self.ok else None
+            out["error"] = self.result.error
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(frozen=True)
 class Result:
     attempts: tuple[Attempt, ...]
     latency_s: float
     route: str = "local"
-    executions: tuple[Any, ...] = field(default=())
+    executions: tuple[Execution, ...] = field(default=())
 
     @property
     def final(self) -> Attempt:
@@ -60,9 +108,13 @@ class Result:
 
     @property
     def calls(self) -> tuple[ToolCall, ...]:
-        """Verified calls of the final attempt (empty if it failed)."""
-        final = self.final
-        return tuple(v.call for v in final.verdicts if v.ok and v.call) if final.valid else ()
+        """Verified calls of every step, in order (executed or not)."""
+        calls: list[ToolCall] = []
+        for step in sorted({a.step for a in self.attempts}):
+            last = [a for a in self.attempts if a.step == step][-1]
+            if last.valid:
+                calls += [v.call for v in last.verdicts if v.ok and v.call]
+        return tuple(calls)
 
     @property
     def text(self) -> str:
@@ -73,6 +125,11 @@ class Result:
         if self.calls:
             return "call"
         return "answer" if self.final.valid and self.final.parsed.text else "invalid"
+
+    @property
+    def executed_ok(self) -> bool:
+        """Every call that was made ran without error (ExecRate's numerator)."""
+        return bool(self.executions) and all(e.ok for e in self.executions)
 
     @property
     def prompt_tokens(self) -> int:
@@ -93,6 +150,7 @@ class Result:
             "outcome": self.outcome,
             "text": self.text,
             "valid_at_1": first.valid and first.parsed.is_call,
+            "executions": [e.to_json() for e in self.executions],
             "attempts": [_attempt_json(a) for a in self.attempts],
         }
 
@@ -101,6 +159,7 @@ def _attempt_json(attempt: Attempt) -> dict[str, Any]:
     gen = attempt.generation
     lps = [t.logprob for t in gen.tokens]
     return {
+        "step": attempt.step,
         "kind": attempt.kind,
         "raw": gen.text,
         "valid": attempt.valid,
@@ -113,9 +172,10 @@ def _attempt_json(attempt: Attempt) -> dict[str, Any]:
 
 
 class Agent:
-    """Turns a request into verified tool calls with a local model."""
+    """Turns a request into verified tool calls with a local model, and runs
+    them in a sandbox when one is given."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - all keyword-only after the first three
         self,
         engine: Engine,
         tools: Registry | Sequence[ToolSpec],
@@ -123,12 +183,17 @@ class Agent:
         *,
         max_tokens: int = 256,
         rules: Sequence[Rule] = (),
+        sandbox: _Runner | None = None,
+        confirm: Confirm | None = None,
     ) -> None:
         self.engine = engine
         self.tools = tools
         self.settings = settings or AgentSettings.model_validate({})
         self.max_tokens = max_tokens
-        self.rules = tuple(rules)
+        self.sandbox = sandbox
+        self.confirm = confirm
+        self.limiter = RateLimiter()
+        self.rules = (*rules, self.limiter.rule)
 
     @property
     def specs(self) -> list[ToolSpec]:
@@ -140,23 +205,70 @@ class Agent:
         *,
         tool_choice: str | None = None,
         constrained: bool = True,
+        execute: bool = True,
     ) -> Result:
         """One request. ``tool_choice``: auto, required, none, or a tool name.
-        ``constrained=False`` decodes without a grammar (for ablations)."""
+        ``constrained=False`` decodes without a grammar (for ablations);
+        ``execute=False`` proposes calls without running them."""
         start = time.perf_counter()
         messages = _messages(request)
         choice = tool_choice or self.settings.tool_choice
+        attempts: list[Attempt] = []
+        executions: list[Execution] = []
+        can_run = execute and self.sandbox is not None and isinstance(self.tools, Registry)
+        for step in range(self.settings.max_steps if can_run else 1):
+            step_choice = choice if step == 0 else "auto"
+            done = self._decide(messages, step_choice, constrained, step)
+            attempts += done
+            calls = _verified(done[-1])
+            if not can_run or not calls:
+                break
+            ran = self._run_calls(calls, step, executions)
+            executions += ran
+            if not ran or any(e.status != "done" for e in ran):
+                break
+            messages = [*messages, _assistant(done[-1]), *(_result_message(e) for e in ran)]
+        return Result(tuple(attempts), time.perf_counter() - start, executions=tuple(executions))
+
+    def _decide(
+        self, messages: list[Message], choice: str, constrained: bool, step: int
+    ) -> list[Attempt]:
+        """The initial attempt and up to ``repair_attempts`` repairs."""
         specs = self._offered(choice)
         grammar = self._grammar(specs, choice) if constrained else None
         allow_text = choice in ("auto", "none")
-        attempts = [self._attempt("initial", messages, specs, grammar, allow_text)]
+        attempt = self._attempt("initial", messages, specs, grammar, allow_text)
+        attempts = [replace(attempt, step=step)]
         for _ in range(self.settings.repair_attempts):
             last = attempts[-1]
             if last.valid:
                 break
             messages = [*messages, _assistant(last), repair_message(last.problem)]
-            attempts.append(self._attempt("repair", messages, specs, grammar, allow_text))
-        return Result(tuple(attempts), time.perf_counter() - start)
+            attempt = self._attempt("repair", messages, specs, grammar, allow_text)
+            attempts.append(replace(attempt, step=step))
+        return attempts
+
+    def _run_calls(
+        self, calls: list[ToolCall], step: int, before: list[Execution]
+    ) -> list[Execution]:
+        assert isinstance(self.tools, Registry) and self.sandbox is not None
+        seen = {(e.call.name, repr(e.call.arguments)) for e in before}
+        ran: list[Execution] = []
+        for call in calls:
+            if (call.name, repr(call.arguments)) in seen:
+                continue  # a repeat of an executed call: stop, don't run it twice
+            tool = self.tools.get(call.name)
+            if tool.policy.requires_confirmation and not self._confirmed(call, tool):
+                reason = f"{call.name} needs confirmation and was not confirmed"
+                ran.append(Execution(step, call, "unconfirmed", reason=reason))
+                break
+            self.limiter.record(tool)
+            result = self.sandbox.run(tool, call.arguments)
+            ran.append(Execution(step, call, "done" if result.ok else "failed", result))
+        return ran
+
+    def _confirmed(self, call: ToolCall, tool: Tool) -> bool:
+        return self.confirm is not None and bool(self.confirm(call, tool))
 
     def _offered(self, choice: str) -> list[ToolSpec]:
         specs = self.specs
@@ -205,6 +317,21 @@ class Agent:
         if isinstance(self.tools, Registry):
             return self.tools.subset(s.name for s in specs)
         return specs
+
+
+def _verified(attempt: Attempt) -> list[ToolCall]:
+    if not attempt.valid:
+        return []
+    return [v.call for v in attempt.verdicts if v.ok and v.call is not None]
+
+
+def _result_message(execution: Execution) -> Message:
+    result = execution.result
+    if result is None:
+        payload: Any = {"error": execution.reason}
+    else:
+        payload = result.value if result.ok else {"error": result.error}
+    return tool_result_message(execution.call.name, payload)
 
 
 def _messages(request: str | Sequence[Message]) -> list[Message]:
