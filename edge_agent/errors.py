@@ -26,6 +26,8 @@ conditions a program cannot carry on through.
     │   └── SandboxError            the sandbox could not run or contain a call
     ├── InputError                  a request we refuse (empty prompt, bad JSON)
     ├── EngineError                 llama.cpp failed to load or decode
+    ├── JournalError                the SQLite journal is unusable or refused a change
+    │   └── StateConflictError      an illegal status change (e.g. finish after fail)
     ├── OffloadError                cloud transport failures (retryable)
     │   └── BudgetExceededError     the cost budget forbids the call
     └── BenchError                  benchmark data that cannot be read
@@ -116,6 +118,14 @@ class InputError(EdgeAgentError):
 
 class EngineError(EdgeAgentError):
     pass
+
+
+class JournalError(EdgeAgentError):
+    default_hint = "check the journal file (edge-agent doctor) or move it aside"
+
+
+class StateConflictError(JournalError):
+    default_hint = ""
 
 
 class OffloadError(EdgeAgentError):

@@ -19,6 +19,7 @@ from edge_agent.errors import EdgeAgentError
 _COMMAND_MODULES = (
     "edge_agent.cli.ask",
     "edge_agent.cli.models",
+    "edge_agent.cli.traces",
 )
 
 EXIT_ERROR = 1
