@@ -15,6 +15,7 @@ than running twice: small models like to repeat themselves.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,7 @@ from edge_agent.prompts import (
     user_message,
 )
 from edge_agent.ratelimit import RateLimiter
-from edge_agent.registry import Registry, Tool
+from edge_agent.registry import Registry, Tool, validate_args
 from edge_agent.schema import ToolSpec
 from edge_agent.verify import Rule, Verdict, verify_output
 
@@ -252,10 +253,10 @@ class Agent:
         self, calls: list[ToolCall], step: int, before: list[Execution]
     ) -> list[Execution]:
         assert isinstance(self.tools, Registry) and self.sandbox is not None
-        seen = {(e.call.name, repr(e.call.arguments)) for e in before}
+        seen = {self._call_key(e.call) for e in before}
         ran: list[Execution] = []
         for call in calls:
-            if (call.name, repr(call.arguments)) in seen:
+            if self._call_key(call) in seen:
                 continue  # a repeat of an executed call: stop, don't run it twice
             tool = self.tools.get(call.name)
             if tool.policy.requires_confirmation and not self._confirmed(call, tool):
@@ -266,6 +267,16 @@ class Agent:
             result = self.sandbox.run(tool, call.arguments)
             ran.append(Execution(step, call, "done" if result.ok else "failed", result))
         return ran
+
+    def _call_key(self, call: ToolCall) -> str:
+        """A call with its defaults filled in, so ``set_light(kitchen, on)`` and
+        ``set_light(kitchen, on, brightness=100)`` count as the same call."""
+        assert isinstance(self.tools, Registry)
+        args = call.arguments
+        model = validate_args(self.tools.get(call.name), args)
+        if model is not None:
+            args = model.model_dump(mode="json")
+        return json.dumps([call.name, args], sort_keys=True, default=str)
 
     def _confirmed(self, call: ToolCall, tool: Tool) -> bool:
         return self.confirm is not None and bool(self.confirm(call, tool))

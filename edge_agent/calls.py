@@ -27,7 +27,9 @@ CALL_OPEN = "<tool_call>\n"
 CALL_CLOSE = "\n</tool_call>"
 
 _BLOCK_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
-_FENCE_RE = re.compile(r"```(?:json|tool_call)?\s*(.*?)```", re.DOTALL)
+# Only fences that hold JSON are call candidates: a ```python block in a text
+# answer is an answer, not a broken call.
+_FENCE_RE = re.compile(r"```(?:json|tool_call)?[ \t]*\n?\s*([\[{].*?)```", re.DOTALL)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ than a setting silently ignored. Nothing downstream reads raw dicts.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,7 +48,12 @@ class AgentSettings(BaseModel):
     repair_attempts: int = Field(
         1, ge=0, le=3, description="local retries that feed the verifier's error back"
     )
-    max_steps: int = Field(4, ge=1, le=32, description="tool-result turns per request")
+    max_steps: int = Field(
+        2,
+        ge=1,
+        le=32,
+        description="model turns per request: 1 = call only; more = results go back to the model",
+    )
     system_prompt: str | None = Field(None, description="extra system instructions")
 
 
@@ -77,6 +83,15 @@ class EdgeAgentConfig(BaseSettings):
         # load_config on a subclass; the environment overrides the file.
         toml = TomlConfigSettingsSource(settings_cls)
         return (init_settings, env_settings, toml)
+
+
+def state_dir() -> Path:
+    """Where durable state lives: ``$EDGE_AGENT_STATE_DIR``, else
+    ``$XDG_STATE_HOME/edge-agent`` (``~/.local/state/edge-agent``)."""
+    if env := os.environ.get("EDGE_AGENT_STATE_DIR"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edge-agent"
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> EdgeAgentConfig:

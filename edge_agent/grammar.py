@@ -199,6 +199,8 @@ class _Builder:
         if kind == "integer":
             return "json-uint" if _non_negative(node) else "json-int"
         if kind == "number":
+            if node.get("format") == "float":  # BFCL's Python float: 5.0, never 5
+                return "json-ufloat" if _non_negative(node) else "json-float"
             return "json-unumber" if _non_negative(node) else "json-number"
         if kind == "boolean":
             return "json-bool"

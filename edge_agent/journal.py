@@ -75,6 +75,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from edge_agent.config import state_dir
 from edge_agent.errors import EdgeAgentError, InputError, JournalError, StateConflictError
 
 if TYPE_CHECKING:
@@ -172,11 +173,8 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 def default_path() -> Path:
-    """``$EDGE_AGENT_STATE_DIR/journal.db``, else the XDG state directory."""
-    if env := os.environ.get("EDGE_AGENT_STATE_DIR"):
-        return Path(env).expanduser() / "journal.db"
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "edge-agent" / "journal.db"
+    """``journal.db`` in the state directory (``config.state_dir``)."""
+    return state_dir() / "journal.db"
 
 
 # ---------------------------------------------------------------- plain data

@@ -49,6 +49,7 @@ class ToolPolicy:
     rate_limit: str | None = None
     tags: tuple[str, ...] = ()
     trusted: bool = False
+    state: bool = False
     name: str | None = None
 
     def rate_per_second(self) -> tuple[int, float] | None:
@@ -71,9 +72,15 @@ def tool(  # noqa: PLR0913 - these are the documented @tool options
     rate_limit: str | None = None,
     tags: Iterable[str] = (),
     trusted: bool = False,
+    state: bool = False,
     name: str | None = None,
 ) -> Callable[[F], F]:
-    """Declare a function as a tool. Its signature becomes its schema."""
+    """Declare a function as a tool. Its signature becomes its schema.
+
+    ``state=True``: the tool keeps files between calls. The sandbox then
+    gives it one persistent folder, ``$EDGE_AGENT_TOOL_STATE``, shared by the
+    tools of the same module; every other path stays per-call.
+    """
     policy = ToolPolicy(
         description=description,
         side_effect=side_effect,
@@ -83,6 +90,7 @@ def tool(  # noqa: PLR0913 - these are the documented @tool options
         rate_limit=rate_limit,
         tags=tuple(tags),
         trusted=trusted,
+        state=state,
         name=name,
     )
     policy.rate_per_second()  # fail at import time, not at the first call

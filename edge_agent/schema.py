@@ -181,6 +181,10 @@ class _Normalizer:
                 out[key] = self.alternatives(raw[key], f"{path}/{key}", refs)
         if "allOf" in out:
             raise self.fail(path, "allOf is not supported", unsupported=True)
+        if out.get("properties"):
+            # Declared properties are the whole interface: the grammar never emits
+            # others, so the verifier refuses them too (an unconstrained model might).
+            out.setdefault("additionalProperties", False)
         return out
 
     def items(self, raw: object, path: str, refs: tuple[str, ...]) -> JSONSchema:
@@ -208,6 +212,8 @@ class _Normalizer:
         if "type" not in out:
             return
         kind = out["type"]
+        if kind == "float":  # BFCL: Python float; the grammar then insists on a decimal point
+            out.setdefault("format", "float")
         kinds = kind if isinstance(kind, list) else [kind]
         mapped = []
         for item in kinds:

@@ -122,9 +122,14 @@ class FileDeviceBackend:
 
 
 def state_path() -> Path:
-    """``$EDGE_AGENT_DEVICE_STATE``, else ``device_state.json`` in the working directory."""
+    """``$EDGE_AGENT_DEVICE_STATE``, else ``device_state.json`` in the tool's
+    persistent sandbox folder (``$EDGE_AGENT_TOOL_STATE``), else in the working
+    directory."""
     configured = os.environ.get(STATE_ENV, "").strip()
-    return Path(configured).expanduser() if configured else Path.cwd() / DEFAULT_STATE_FILE
+    if configured:
+        return Path(configured).expanduser()
+    folder = os.environ.get("EDGE_AGENT_TOOL_STATE", "").strip()
+    return (Path(folder) if folder else Path.cwd()) / DEFAULT_STATE_FILE
 
 
 def default_backend() -> DeviceBackend:

@@ -40,6 +40,7 @@ def backend() -> DeviceBackend:
     side_effect="actuate",
     rate_limit="20/min",
     tags=("home",),
+    state=True,
 )
 def set_light(
     room: Room,
@@ -55,6 +56,7 @@ def set_light(
     side_effect="actuate",
     rate_limit="6/min",
     tags=("home",),
+    state=True,
 )
 def set_thermostat(
     room: Room,
@@ -69,6 +71,7 @@ def set_thermostat(
     "Read a room sensor: temperature, humidity, CO2, motion, door or smoke.",
     side_effect="read",
     tags=("home",),
+    state=True,
 )
 def read_sensor(sensor: Sensor, room: Room) -> dict[str, Any]:
     reading = backend().read(f"{sensor}.{room}")
@@ -80,6 +83,7 @@ def read_sensor(sensor: Sensor, room: Room) -> dict[str, Any]:
     side_effect="dangerous",
     rate_limit="6/min",
     tags=("home", "security"),
+    state=True,
 )
 def lock_door(door: Door, locked: bool) -> dict[str, Any]:
     done = backend().set(f"lock.{door}", {"locked": locked})
@@ -91,6 +95,7 @@ def lock_door(door: Door, locked: bool) -> dict[str, Any]:
     side_effect="dangerous",
     rate_limit="6/min",
     tags=("home", "water"),
+    state=True,
 )
 def set_valve(valve: Valve, open_percent: Percent) -> dict[str, Any]:
     done = backend().set(f"valve.{valve}", {"open_percent": open_percent})

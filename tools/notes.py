@@ -44,7 +44,7 @@ class Document:
     length: int
 
 
-@tool("Search the user's local notes for a query.", tags=("notes",))
+@tool("Search the user's local notes for a query.", tags=("notes",), state=True)
 def search_notes(query: str, limit: Annotated[int, Field(ge=1, le=10)] = 3) -> dict[str, Any]:
     terms = tokenize(query)
     if not terms:
@@ -58,7 +58,7 @@ def search_notes(query: str, limit: Annotated[int, Field(ge=1, le=10)] = 3) -> d
     return {"query": query, "results": results, "searched": len(docs)}
 
 
-@tool("Save a new note with a title and text.", side_effect="actuate", tags=("notes",))
+@tool("Save a new note with a title and text.", side_effect="actuate", tags=("notes",), state=True)
 def add_note(title: str, text: str) -> dict[str, Any]:
     if not title.strip():
         raise ValueError("the title is empty")
@@ -73,8 +73,13 @@ def add_note(title: str, text: str) -> dict[str, Any]:
 
 
 def notes_dir() -> Path:
+    """``$EDGE_AGENT_NOTES_DIR``, else ``notes/`` in the tool's persistent
+    sandbox folder (``$EDGE_AGENT_TOOL_STATE``), else the XDG default."""
     configured = os.environ.get(NOTES_ENV, "").strip()
-    return Path(configured or DEFAULT_NOTES_DIR).expanduser()
+    if configured:
+        return Path(configured).expanduser()
+    folder = os.environ.get("EDGE_AGENT_TOOL_STATE", "").strip()
+    return Path(folder) / "notes" if folder else Path(DEFAULT_NOTES_DIR).expanduser()
 
 
 def tokenize(text: str) -> list[str]:

@@ -19,7 +19,11 @@ from edge_agent.errors import EdgeAgentError
 _COMMAND_MODULES = (
     "edge_agent.cli.ask",
     "edge_agent.cli.models",
+    "edge_agent.cli.tools",
+    "edge_agent.cli.doctor",
     "edge_agent.cli.traces",
+    "edge_agent.cli.bench",
+    "edge_agent.cli.offload",
 )
 
 EXIT_ERROR = 1

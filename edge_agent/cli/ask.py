@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edge_agent.agent import Agent, Result
-from edge_agent.config import load_config
+from edge_agent.calls import ToolCall
+from edge_agent.config import load_config, state_dir
 from edge_agent.errors import InputError
-from edge_agent.registry import Registry, tools_from_json_file
+from edge_agent.registry import Registry, Tool, tools_from_json_file
 
 
 def register(subparsers: Any) -> None:
@@ -26,6 +29,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--tool-choice", metavar="auto|required|none|NAME")
     parser.add_argument("--parallel", action="store_true", help="allow several calls")
     parser.add_argument("--no-exec", action="store_true", help="propose calls, don't run them")
+    parser.add_argument(
+        "--yes", action="store_true", help="confirm dangerous actions (locks, valves) up front"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run)
 
@@ -45,10 +51,40 @@ def run(args: argparse.Namespace) -> int:
     settings = config.agent
     if args.parallel:
         settings = settings.model_copy(update={"parallel_calls": True})
-    agent = Agent(engine, registry, settings, max_tokens=config.model.max_tokens)
-    result = agent.ask(args.prompt, tool_choice=args.tool_choice)
+    agent = Agent(
+        engine,
+        registry,
+        settings,
+        max_tokens=config.model.max_tokens,
+        sandbox=None if args.no_exec else _sandbox(),
+        confirm=_confirmer(args.yes),
+    )
+    result = agent.ask(args.prompt, tool_choice=args.tool_choice, execute=not args.no_exec)
     _print(result, args.json)
     return 0 if result.outcome != "invalid" else 1
+
+
+def _sandbox() -> Any:
+    from edge_agent.sandbox import ProcessSandbox, harden_current_process
+
+    harden_current_process()
+    return ProcessSandbox(state_root=state_dir() / "tools")
+
+
+def _confirmer(assume_yes: bool) -> Callable[[ToolCall, Tool], bool]:
+    """--yes confirms; on a terminal we ask; otherwise (scripts, pipes) no."""
+
+    def confirm(call: ToolCall, tool: Tool) -> bool:
+        del tool
+        if assume_yes:
+            return True
+        if not sys.stdin.isatty():
+            return False
+        args = json.dumps(call.arguments, ensure_ascii=False)
+        answer = input(f"Run {call.name}({args})? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    return confirm
 
 
 def _registry(args: argparse.Namespace, dirs: list[Path]) -> Registry:
@@ -66,7 +102,11 @@ def _print(result: Result, as_json: bool) -> None:
             f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in call.arguments.items()
         )
         print(f"{call.name}({args})")
-    if result.outcome == "answer":
+    for ex in result.executions:
+        shown = json.dumps(ex.result.value if ex.ok else None, ensure_ascii=False)
+        detail = shown if ex.ok else (ex.reason or (ex.result.error if ex.result else ""))
+        print(f"  -> {ex.call.name}: {ex.status}: {detail}")
+    if result.text:
         print(result.text)
     if result.outcome == "invalid":
         print(f"no valid call: {result.final.problem}")
