@@ -74,6 +74,7 @@ say "default model"
 if [ "$DEV" -eq 1 ]; then
   say "test models"
   .venv/bin/edge-agent models fetch smollm2-135m --quiet
+  .venv/bin/edge-agent models fetch qwen2.5-coder-1.5b --quiet
 fi
 
 if [ "$SERVICE" -eq 1 ]; then
