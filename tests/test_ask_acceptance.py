@@ -66,3 +66,19 @@ def test_cli_json_shape() -> None:
     assert call["arguments"]["room"] == "kitchen" and call["arguments"]["on"] is True
     assert out["latency_s"] > 0
     assert out["tokens"]["prompt"] > 0 and out["tokens"]["completion"] > 0
+
+
+def test_cli_runs_the_call_in_the_sandbox(tmp_path) -> None:
+    """Without --no-exec the verified call runs in the sandbox, and the home
+    tools keep their device state in the persistent tool-state folder."""
+    import os
+
+    env = {**os.environ, "EDGE_AGENT_STATE_DIR": str(tmp_path)}
+    proc = run_cli("ask", "--json", "Turn on the kitchen light", env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    first = out["executions"][0]
+    assert first["name"] == "set_light" and first["status"] == "done"
+    assert first["result"]["on"] is True and first["result"]["room"] == "kitchen"
+    state = json.loads((tmp_path / "tools" / "home" / "device_state.json").read_text())
+    assert state  # the light's new state outlived the call's private folder
