@@ -21,7 +21,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from edge_agent.budget import BudgetSettings
+from edge_agent.connectivity import ConnectivitySettings
 from edge_agent.errors import ConfigError
+from edge_agent.offload.settings import HttpsOffloadSettings, MqttOffloadSettings
+from edge_agent.registry import SideEffect
+
+SourceName = Literal["cli", "api", "mqtt", "automation", "bench"]
 
 
 class ModelSettings(BaseModel):
@@ -57,6 +63,62 @@ class AgentSettings(BaseModel):
     system_prompt: str | None = Field(None, description="extra system instructions")
 
 
+def _queue_sources() -> list[SourceName]:
+    return ["automation"]
+
+
+def _queue_effects() -> list[SideEffect]:
+    return ["actuate", "dangerous"]
+
+
+class RouterSettings(BaseModel):
+    """The routing policy's knobs (the ``[router]`` config section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(
+        0.6, ge=0, le=1, description="τ: answer locally when P(success) >= τ and verified"
+    )
+    confidence_model: Path | None = Field(
+        None, description="ONNX confidence model; None = the built-in min-logprob heuristic"
+    )
+    offload: bool = Field(True, description="offload uncertain requests when a cloud is set")
+    offload_max_tokens: int = Field(
+        512, ge=16, le=8192, description="completion tokens asked of the cloud (and priced)"
+    )
+    queue_sources: list[SourceName] = Field(
+        default_factory=_queue_sources,
+        description="request sources whose actuating requests are queued rather than declined",
+    )
+    queue_side_effects: list[SideEffect] = Field(
+        default_factory=_queue_effects,
+        description="tool side effects that make a request wait in the outbox",
+    )
+    outbox_retry_initial_s: float = Field(
+        5.0, gt=0, le=3600, description="wait before resending a queued request that failed"
+    )
+    outbox_retry_max_s: float = Field(
+        600.0, gt=0, le=86400, description="longest wait between resends"
+    )
+    outbox_max_attempts: int = Field(
+        10, ge=1, le=1000, description="failed sends after which a queued request is failed"
+    )
+    link: ConnectivitySettings = Field(
+        default_factory=lambda: ConnectivitySettings(),
+        description="connectivity probe and circuit breaker",
+    )
+
+
+class OffloadSettings(BaseModel):
+    """The cloud LLM, if any. Without ``https`` (or ``mqtt``) nothing leaves
+    the device: uncertain requests are queued or declined instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    https: HttpsOffloadSettings | None = Field(None, description="OpenAI-compatible endpoint")
+    mqtt: MqttOffloadSettings | None = Field(None, description="offload through a broker")
+
+
 class EdgeAgentConfig(BaseSettings):
     """The whole configuration. Load with :func:`load_config`."""
 
@@ -66,6 +128,9 @@ class EdgeAgentConfig(BaseSettings):
 
     model: ModelSettings = Field(default_factory=lambda: ModelSettings())
     agent: AgentSettings = Field(default_factory=lambda: AgentSettings())
+    router: RouterSettings = Field(default_factory=lambda: RouterSettings())
+    budget: BudgetSettings = Field(default_factory=lambda: BudgetSettings())
+    offload: OffloadSettings = Field(default_factory=lambda: OffloadSettings())
     tools_dirs: list[Path] = Field(
         default_factory=list, description="extra folders of tool modules"
     )

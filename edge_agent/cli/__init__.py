@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "edge_agent.cli.traces",
     "edge_agent.cli.bench",
     "edge_agent.cli.offload",
+    "edge_agent.cli.router",
 )
 
 EXIT_ERROR = 1

@@ -11,7 +11,7 @@ from typing import Any
 
 from edge_agent.agent import Agent, Result
 from edge_agent.calls import ToolCall
-from edge_agent.config import load_config, state_dir
+from edge_agent.config import EdgeAgentConfig, load_config, state_dir
 from edge_agent.errors import InputError
 from edge_agent.registry import Registry, Tool, tools_from_json_file
 
@@ -33,6 +33,16 @@ def register(subparsers: Any) -> None:
         "--yes", action="store_true", help="confirm dangerous actions (locks, valves) up front"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--mode",
+        choices=("slm", "llm", "cascade"),
+        default="slm",
+        help="slm: local only; llm: the cloud model only; cascade: local, offload when unsure",
+    )
+    parser.add_argument("--llm-url", metavar="URL", help="OpenAI-compatible base URL (…/v1)")
+    parser.add_argument("--llm-model", metavar="NAME", help="cloud model name")
+    parser.add_argument("--llm-token-file", type=Path, metavar="FILE", help="bearer token (0600)")
+    parser.add_argument("--llm-ca", type=Path, metavar="FILE", help="CA bundle for the endpoint")
     parser.set_defaults(handler=run)
 
 
@@ -59,9 +69,71 @@ def run(args: argparse.Namespace) -> int:
         sandbox=None if args.no_exec else _sandbox(),
         confirm=_confirmer(args.yes),
     )
+    if args.mode != "slm":
+        return _routed(args, config, agent)
     result = agent.ask(args.prompt, tool_choice=args.tool_choice, execute=not args.no_exec)
     _print(result, args.json)
     return 0 if result.outcome != "invalid" else 1
+
+
+def _routed(args: argparse.Namespace, config: EdgeAgentConfig, agent: Agent) -> int:
+    """Cascade / LLM mode: the router decides, records and explains the route."""
+    from edge_agent.budget import Budget
+    from edge_agent.confidence import load_confidence
+    from edge_agent.journal import Journal
+    from edge_agent.ledger import SqliteLedger, SqliteOutbox
+    from edge_agent.offload.https import HttpsTransport
+    from edge_agent.router import Router, Store, cascade_agent_settings, cloud_for
+
+    agent.settings = cascade_agent_settings(agent.settings)
+    https = _https_settings(args, config)
+    journal = Journal()
+    try:
+        store = Store(journal, SqliteOutbox(journal.path))
+        cloud = None
+        if https is not None:
+            budget = Budget(config.budget, SqliteLedger(journal.path))
+            cloud = cloud_for(HttpsTransport(https), budget, config.router.link)
+        confidence = load_confidence(config.router.confidence_model)
+        router = Router(agent, confidence, config.router, cloud=cloud, store=store)
+        routed = router.ask(
+            args.prompt,
+            source="cli",
+            tool_choice=args.tool_choice,
+            execute=not args.no_exec,
+            mode="llm" if args.mode == "llm" else "cascade",
+        )
+    finally:
+        journal.close()
+    out = routed.to_json()
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False, default=str))
+    else:
+        for call in out.get("tool_calls", []):
+            print(f"{call['name']}({json.dumps(call['arguments'], ensure_ascii=False)})")
+        if out.get("text"):
+            print(out["text"])
+        print(f"[{out['route']}: {out['reason']}]")
+    return 0 if routed.route not in ("declined",) and out.get("outcome") != "invalid" else 1
+
+
+def _https_settings(args: argparse.Namespace, config: EdgeAgentConfig) -> Any:
+    """The endpoint from the flags, else from the config's [offload.https]."""
+    base = config.offload.https
+    if args.llm_url is None:
+        return base
+    from edge_agent.offload.settings import HttpsOffloadSettings
+
+    fields: dict[str, Any] = base.model_dump() if base is not None else {}
+    fields["base_url"] = args.llm_url
+    for key, value in (
+        ("model", args.llm_model),
+        ("token_file", args.llm_token_file),
+        ("ca_bundle", args.llm_ca),
+    ):
+        if value is not None:
+            fields[key] = value
+    return HttpsOffloadSettings.model_validate(fields)
 
 
 def _sandbox() -> Any:

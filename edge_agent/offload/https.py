@@ -37,10 +37,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge_agent.calls import ParsedOutput, parse_output
 from edge_agent.errors import ConfigError, OffloadError
@@ -51,6 +49,7 @@ from edge_agent.offload.base import (
     read_secret_env,
     read_secret_file,
 )
+from edge_agent.offload.settings import HttpsOffloadSettings
 
 __all__ = ["HttpsOffloadSettings", "HttpsTransport"]
 
@@ -59,56 +58,6 @@ log = logging.getLogger(__name__)
 _RETRY_STATUS = frozenset({408, 425, 429})
 _TOOL_CHOICES = frozenset({"auto", "none", "required"})
 _BODY_SNIPPET = 200
-
-
-class HttpsOffloadSettings(BaseModel):
-    """Where and how to reach an OpenAI-compatible endpoint."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str = Field(
-        description="endpoint base URL; /chat/completions is appended (e.g. https://host/v1)",
-        min_length=8,
-        max_length=2048,
-    )
-    model: str = Field("default", min_length=1, max_length=200, description="model name to ask")
-    ca_bundle: Path | None = Field(
-        None, description="PEM file of CAs to trust; None = the system trust store"
-    )
-    token_file: Path | None = Field(
-        None, description="file holding the bearer token; must be mode 0600 or stricter"
-    )
-    token_env: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
-        description="name of an environment variable holding the bearer token",
-    )
-    connect_timeout_s: float = Field(5.0, gt=0, le=120, description="TCP + TLS connect timeout")
-    read_timeout_s: float = Field(
-        60.0, gt=0, le=3600, description="longest wait for the answer (a generation)"
-    )
-    max_retries: int = Field(2, ge=0, le=10, description="retries after the first attempt")
-    backoff_base_s: float = Field(
-        0.5, ge=0, le=60, description="back-off before retry n is up to base * 2**n (full jitter)"
-    )
-    backoff_max_s: float = Field(10.0, ge=0, le=600, description="cap on one back-off")
-    retry_after_max_s: float = Field(
-        30.0, ge=0, le=3600, description="longest Retry-After honoured; longer ones end retrying"
-    )
-    temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature")
-    allow_plain_http: bool = Field(
-        False, description="permit an http:// URL (a loopback endpoint only; no TLS)"
-    )
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError("base_url must be an https:// URL with a host")
-        if parts.username or parts.password:
-            raise ValueError("base_url must not embed credentials; use token_file")
-        return value.rstrip("/")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,6 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.errors import ConfigError, OffloadError
 from edge_agent.offload.base import (
@@ -53,6 +52,7 @@ from edge_agent.offload.base import (
     reply_from_wire,
     request_to_wire,
 )
+from edge_agent.offload.settings import BrokerSettings, MqttOffloadSettings
 
 __all__ = [
     "BrokerLink",
@@ -71,48 +71,6 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 _AUTH_FAILURES = frozenset({"Bad user name or password", "Not authorized"})
 _REFUSAL_MEMORY_S = 5.0  # how long a refused PUBACK waits for its send() to look
-_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
-
-
-class BrokerSettings(BaseModel):
-    """How to reach the broker; shared by the device transport and the bridge."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = Field("localhost", min_length=1, max_length=253, description="broker host")
-    port: int = Field(8883, ge=1, le=65535, description="broker port (8883 = MQTT over TLS)")
-    tls: bool = Field(True, description="connect with TLS (turn off only on a trusted LAN)")
-    tls_ca: Path | None = Field(
-        None, description="PEM file of CAs to trust; None = the system trust store"
-    )
-    username: str | None = Field(None, min_length=1, max_length=256, description="MQTT user")
-    password_file: Path | None = Field(
-        None, description="file holding the MQTT password; must be mode 0600 or stricter"
-    )
-    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
-    session_expiry_s: int = Field(
-        3600, ge=0, le=2**32 - 1, description="how long the broker keeps the session offline"
-    )
-    connect_timeout_s: float = Field(
-        10.0, gt=0, le=300, description="longest wait for the broker to accept the connection"
-    )
-    topic_prefix: str = Field(
-        "edge-agent", pattern=r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$", description="topic root"
-    )
-
-
-class MqttOffloadSettings(BrokerSettings):
-    """The device side of MQTT offload."""
-
-    device_id: str = Field(
-        pattern=_ID_PATTERN, description="this device's id; names its topics and client id"
-    )
-    message_expiry_s: int = Field(
-        300, ge=1, le=86400, description="the broker drops an unanswered request after this"
-    )
-    reply_timeout_s: float = Field(
-        120.0, gt=0, le=3600, description="longest wait for the correlated reply"
-    )
 
 
 def request_topic(prefix: str, device_id: str) -> str:

@@ -1,0 +1,441 @@
+"""The router end to end with real parts: Qwen2.5-Coder-0.5B as the SLM, the
+llama-cpp-python server over TLS serving Qwen2.5-Coder-1.5B as the cloud
+(``tests/offload/conftest.py``), a real journal, tools run in the real
+sandbox. Faults the real server cannot make on demand (503s, a reply that
+fails verification) come from the offload tests' scripted HTTPS server; the
+network going away and coming back is a real TCP relay that is started late.
+
+Both llama.cpp instances run on one thread each (two cores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.budget import Budget, BudgetSettings, ModelPrice
+from edge_agent.confidence import HeuristicConfidence
+from edge_agent.config import AgentSettings
+from edge_agent.connectivity import ConnectivitySettings
+from edge_agent.engine.llama import LlamaEngine
+from edge_agent.errors import ConfigError
+from edge_agent.journal import Journal
+from edge_agent.ledger import SqliteLedger, SqliteOutbox
+from edge_agent.models import fetch_model, resolve_model
+from edge_agent.offload.https import HttpsOffloadSettings, HttpsTransport
+from edge_agent.registry import Registry
+from edge_agent.router import Router, RouterSettings, Store, cascade_agent_settings, cloud_for
+from edge_agent.sandbox import ProcessSandbox
+from tests.offload import conftest as offload
+from tests.offload.conftest import LLM_MODEL, Answer, LlmServer, completion, free_port, tool_call
+
+# The offload tests' real servers, shared as fixtures of this module.
+pki = offload.pki
+llm_server = offload.llm_server
+scripted = offload.scripted
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+CONFIDENT = "Turn on the kitchen light"
+UNCONFIDENT_ACTUATION = "Make the sleeping room bright"  # the SLM is unsure (and wrong)
+UNRELATED = "Translate 'hello' into German"  # no tool fits; the SLM calls one anyway
+
+HOUSE_TOOLS = """
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from edge_agent.registry import tool
+
+Room = Literal["kitchen", "bedroom", "living_room"]
+
+
+@tool("Switch a room's light on or off.", side_effect="actuate", state=True)
+def set_light(room: Room, on: bool) -> dict[str, Any]:
+    log = Path(os.environ["EDGE_AGENT_TOOL_STATE"]) / "actions.log"
+    with log.open("a") as out:
+        out.write(f"set_light {room} {on}\\n")
+    return {"room": room, "on": on}
+
+
+@tool("Read a room sensor.", side_effect="read")
+def read_sensor(sensor: Literal["temperature", "humidity"], room: Room) -> dict[str, Any]:
+    return {"sensor": sensor, "room": room, "value": 21.5}
+"""
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def slm() -> Iterator[LlamaEngine]:
+    """Qwen2.5-Coder-0.5B on one thread: the LLM server runs beside it."""
+    fetch_model("qwen2.5-coder-0.5b", progress=False)
+    model = resolve_model("qwen2.5-coder-0.5b")
+    yield LlamaEngine(model.path, n_ctx=4096, n_threads=1, name="qwen2.5-coder-0.5b")
+
+
+def enterable(folder: Path) -> Path:
+    """Let the sandbox's unprivileged tool user in (pytest's folders are 0700)."""
+    for item in [folder, *folder.parents]:
+        if item == Path(os.sep) or item.stat().st_uid != os.geteuid():
+            break
+        item.chmod(item.stat().st_mode | 0o711)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    folder = enterable(tmp_path_factory.mktemp("house-tools"))
+    (folder / "house.py").write_text(HOUSE_TOOLS)
+    (folder / "house.py").chmod(0o644)
+    return Registry.from_dirs(folder, builtin=False)
+
+
+@dataclass
+class Rig:
+    """One router over real parts, and where to look at what it did."""
+
+    router: Router
+    journal: Journal
+    outbox: SqliteOutbox
+    ledger: SqliteLedger
+    actions: Path
+    link_clock: Clock
+
+    def actions_run(self) -> list[str]:
+        return self.actions.read_text().splitlines() if self.actions.exists() else []
+
+
+@pytest.fixture
+def rig(slm: LlamaEngine, registry: Registry, tmp_path: Path) -> Iterator[Callable[..., Rig]]:
+    """A factory: ``rig(endpoint=settings, budget=..., link=...)`` builds a router."""
+    journal = Journal(tmp_path / "journal.db")
+    opened: list[Any] = [journal]
+    state = enterable(tmp_path) / "tool-state"
+
+    def build(
+        endpoint: HttpsOffloadSettings | None,
+        *,
+        budget: BudgetSettings | None = None,
+        link: ConnectivitySettings | None = None,
+        threshold: float = 0.6,
+    ) -> Rig:
+        agent = Agent(
+            slm,
+            registry,
+            cascade_agent_settings(AgentSettings()),
+            sandbox=ProcessSandbox(state_root=state),
+        )
+        link = link or ConnectivitySettings(probe="tcp", timeout_s=1)
+        clock = Clock()
+        ledger, outbox = SqliteLedger(journal.path), SqliteOutbox(journal.path)
+        opened.extend([ledger, outbox])
+        cloud = None
+        if endpoint is not None:
+            transport = HttpsTransport(endpoint)
+            opened.append(transport)
+            cloud = cloud_for(
+                transport, Budget(budget or BudgetSettings(), ledger), link, clock=clock
+            )
+            assert cloud.model == endpoint.model
+        router = Router(
+            agent,
+            HeuristicConfidence(),
+            RouterSettings(threshold=threshold, link=link),
+            cloud=cloud,
+            store=Store(journal, outbox),
+        )
+        return Rig(router, journal, outbox, ledger, state / "house" / "actions.log", clock)
+
+    yield build
+    for item in reversed(opened):
+        item.close()
+
+
+class Relay:
+    """A real TCP relay 127.0.0.1:port → target, started when the test says
+    the network is back (TLS passes through it untouched)."""
+
+    def __init__(self, target: int) -> None:
+        self.port = free_port()
+        self.target = target
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.port))
+        self._sockets.append(server)
+        self._spawn(self._accept, server)
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._sockets += [client, upstream]
+            self._spawn(_pipe, client, upstream)
+            self._spawn(_pipe, upstream, client)
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in self._threads:
+            thread.join(5)
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+# ---------------------------------------------------------------- the two routes
+
+
+def test_a_confident_request_stays_local(rig: Callable[..., Rig], llm_server: LlmServer) -> None:
+    r = rig(llm_server.settings())
+    routed = r.router.ask(CONFIDENT)
+    assert routed.route == "local", routed.reason
+    assert routed.reason.startswith("local: p=") and "≥τ=0.60" in routed.reason
+    assert [c.to_dict() for c in routed.calls] == [
+        {"name": "set_light", "arguments": {"room": "kitchen", "on": True}}
+    ]
+    assert [e.status for e in routed.executions] == ["done"]
+    assert r.actions_run() == ["set_light kitchen True"]
+    row = r.journal.get(routed.request_id or "")
+    assert row.status == "done"
+    assert row.result is not None and row.result["route"] == "local"
+    assert row.result["reason"] == routed.reason
+    assert r.ledger.entries() == []  # nothing was spent
+
+
+def test_an_unconfident_request_is_offloaded_and_verified(
+    rig: Callable[..., Rig], llm_server: LlmServer
+) -> None:
+    r = rig(llm_server.settings())
+    routed = r.router.ask(UNCONFIDENT_ACTUATION)
+    assert routed.route == "offload:https", routed.reason
+    assert routed.reason.startswith("offload: p=") and "<τ=0.60" in routed.reason
+    assert routed.decision.p is not None and routed.decision.p < 0.6
+    assert routed.offload is not None and routed.offload.valid, routed.offload
+    [call] = routed.calls
+    assert call.name == "set_light"
+    assert r.actions_run() == [f"set_light {call.arguments['room']} {call.arguments['on']}"]
+    out = routed.to_json()
+    assert out["route"] == "offload:https" and out["reason"] == routed.reason
+    assert out["offload"]["model"] and out["decision"]["cost"]["settled"] > 0
+    attempts = r.journal.attempts(routed.request_id or "")
+    assert [a.record.kind for a in attempts][-1] == "offload"
+    assert attempts[-1].record.cost_cloud == pytest.approx(routed.decision.cost)
+    [entry] = r.ledger.entries()
+    assert entry["state"] == "settled" and entry["idempotency_key"] == routed.idempotency_key
+
+
+def test_llm_mode_skips_the_slm(rig: Callable[..., Rig], llm_server: LlmServer) -> None:
+    r = rig(llm_server.settings())
+    routed = r.router.ask(CONFIDENT, mode="llm", execute=False)
+    assert routed.route == "offload:https"
+    assert routed.reason == "offload: llm mode"
+    assert routed.result is None and routed.decision.attempts == 0
+    assert [c.name for c in routed.calls] == ["set_light"]
+    assert routed.to_json()["attempts"] == []
+
+
+# ---------------------------------------------------------------- budget and network
+
+
+def test_an_exhausted_budget_declines_a_read_and_queues_an_actuation(
+    rig: Callable[..., Rig], llm_server: LlmServer
+) -> None:
+    broke = BudgetSettings(
+        daily_limit=0,
+        monthly_limit=0,
+        prices={LLM_MODEL: ModelPrice(input_per_mtok=1, output_per_mtok=2)},
+    )
+    r = rig(llm_server.settings(), budget=broke)
+    declined = r.router.ask(UNRELATED, source="cli")
+    assert declined.route == "declined"
+    assert declined.reason.startswith("declined: budget 0.00 USD left today")
+    assert "<τ=0.60" in declined.reason
+    assert r.journal.get(declined.request_id or "").status == "declined"
+    queued = r.router.ask(UNCONFIDENT_ACTUATION, source="automation")
+    assert queued.route == "queued", queued.reason
+    assert queued.reason.startswith("queued: budget 0.00 USD left today")
+    assert r.journal.get(queued.request_id or "").status == "queued"
+    assert [row.state for row in r.outbox.for_request(queued.request_id or "")] == ["pending"]
+    assert r.ledger.entries() == [] and r.actions_run() == []
+    [delivery] = r.router.drain_outbox()  # still no money: it waits
+    assert delivery.status == "postponed" and "budget 0.00" in delivery.reason
+
+
+def test_offline_and_broke_says_both(rig: Callable[..., Rig]) -> None:
+    dead = HttpsOffloadSettings(base_url=f"https://127.0.0.1:{free_port()}/v1", model="m")
+    r = rig(dead, budget=BudgetSettings(daily_limit=0, monthly_limit=0))
+    routed = r.router.ask(UNRELATED)
+    assert routed.route == "declined"
+    assert routed.reason.startswith("declined: offline (probe failed once: ConnectionRefused")
+    assert "; budget 0.00 USD left today" in routed.reason
+
+
+def test_offline_request_is_queued_then_delivered_exactly_once(
+    rig: Callable[..., Rig], llm_server: LlmServer
+) -> None:
+    relay = Relay(port_of(llm_server.base_url))
+    endpoint = llm_server.settings(base_url=f"https://127.0.0.1:{relay.port}/v1")
+    r = rig(endpoint)
+    try:
+        queued = r.router.ask(UNCONFIDENT_ACTUATION, source="automation")
+        assert queued.route == "queued", queued.reason
+        assert queued.reason.startswith("queued: offline (probe failed once")
+        rid = queued.request_id or ""
+        assert r.journal.get(rid).status == "queued"
+        [waiting] = r.router.drain_outbox()
+        assert waiting.status == "postponed"  # still offline: nothing waited on the network
+        relay.start()  # the network comes back
+        r.link_clock.t += 60  # past the probe's back-off
+        [delivered] = r.router.drain_outbox()
+        assert delivered.status == "delivered", delivered.reason
+        assert delivered.idempotency_key == queued.idempotency_key
+        assert [c.name for c in delivered.calls] == ["set_light"]
+        assert len(r.actions_run()) == 1
+        row = r.journal.get(rid)
+        assert row.status == "done" and row.result is not None
+        assert row.result["route"] == "offload:https"
+        assert [o.state for o in r.outbox.for_request(rid)] == ["sent"]
+        assert r.router.drain_outbox() == []
+        again = rig(endpoint)  # a restart over the same journal
+        assert again.router.drain_outbox() == []
+        assert len(r.actions_run()) == 1
+    finally:
+        relay.close()
+
+
+def test_a_reply_sent_but_not_finished_is_never_run_again(
+    rig: Callable[..., Rig], llm_server: LlmServer
+) -> None:
+    """kill -9 between "the reply was accepted" and "done": the restart
+    records a failure instead of running the actuation a second time."""
+    r = rig(llm_server.settings())
+    accepted = r.journal.accept({"messages": []}, source="automation", idempotency_key="k-1")
+    r.journal.queue(accepted.id, "queued: offline")
+    request = {
+        "v": 1,
+        "idempotency_key": "k-1",
+        "messages": [{"role": "user", "content": CONFIDENT}],
+        "tools": [],
+    }
+    row = r.outbox.add(accepted.id, "https", {"request": request, "execute": True})
+    r.outbox.mark_sent(row)  # ... and then the process died
+    assert r.router.drain_outbox() == []
+    settled = r.journal.get(accepted.id)
+    assert settled.status == "failed" and "not run again" in settled.reason
+    assert r.actions_run() == []
+
+
+def test_a_repeated_idempotency_key_is_not_run_twice(
+    rig: Callable[..., Rig], llm_server: LlmServer
+) -> None:
+    r = rig(llm_server.settings())
+    first = r.router.ask(CONFIDENT, idempotency_key="same")
+    second = r.router.ask(CONFIDENT, idempotency_key="same")
+    assert first.route == "local" and second.route == "local"
+    assert second.reason.startswith(
+        f"duplicate: idempotency key seen as request {first.request_id}"
+    )
+    assert r.actions_run() == ["set_light kitchen True"]
+
+
+# ---------------------------------------------------------------- faults
+
+
+def test_the_breaker_opens_after_repeated_failures(
+    rig: Callable[..., Rig], scripted: Any, pki: Any, llm_server: LlmServer
+) -> None:
+    server = scripted([Answer(status=503, body={"error": "overloaded"})])
+    endpoint = llm_server.settings(base_url=server.base_url, ca_bundle=pki.ca_file)
+    r = rig(endpoint, link=ConnectivitySettings(breaker_failures=2, breaker_cooldown_s=60))
+    reasons = [r.router.ask(UNRELATED).reason for _ in range(3)]
+    assert reasons[0].startswith("declined: offload failed: ") and "HTTP 503" in reasons[0]
+    assert reasons[1].startswith("declined: offload failed: ")
+    assert reasons[2].startswith("declined: circuit open (2 consecutive failures; retry in 60s)")
+    assert len(server.received) == 2  # the open breaker sent nothing
+    assert all(e["state"] == "settled" and e["amount"] == 0.0 for e in r.ledger.entries())
+    assert server.received[0].headers["idempotency-key"]
+
+
+def test_a_reply_that_fails_verification_is_a_recorded_failure(
+    rig: Callable[..., Rig], scripted: Any, pki: Any, llm_server: LlmServer
+) -> None:
+    bad = completion(tool_calls=[tool_call("set_light", {"room": "attic", "on": True})])
+    server = scripted([Answer(body=bad)])
+    endpoint = llm_server.settings(base_url=server.base_url, ca_bundle=pki.ca_file)
+    r = rig(endpoint)
+    routed = r.router.ask(UNCONFIDENT_ACTUATION)
+    assert routed.route == "offload:https"
+    assert routed.outcome == "invalid" and routed.calls == ()
+    assert "the reply failed verification: set_light: argument 'room'" in routed.reason
+    assert r.actions_run() == []
+    row = r.journal.get(routed.request_id or "")
+    assert row.status == "failed" and "failed verification" in row.reason
+    assert r.journal.attempts(row.id)[-1].record.valid is False
+
+
+def test_no_cloud_configured_declines(rig: Callable[..., Rig]) -> None:
+    r = rig(None)
+    routed = r.router.ask(UNCONFIDENT_ACTUATION, source="automation")
+    assert routed.route == "declined"
+    assert routed.reason.startswith("declined: no cloud offload configured (p=")
+
+
+def test_the_router_refuses_a_second_local_repair(slm: LlamaEngine, registry: Registry) -> None:
+    agent = Agent(slm, registry, AgentSettings(repair_attempts=2))
+    with pytest.raises(ConfigError, match="one local repair"):
+        Router(agent, HeuristicConfidence(), RouterSettings())
+    assert cascade_agent_settings(AgentSettings(repair_attempts=3)).repair_attempts == 1
+
+
+def test_an_unreadable_outbox_entry_is_failed_not_retried(
+    rig: Callable[..., Rig], llm_server: LlmServer
+) -> None:
+    r = rig(llm_server.settings())
+    accepted = r.journal.accept({"messages": []}, source="automation", idempotency_key="k-2")
+    r.journal.queue(accepted.id, "queued: offline")
+    r.outbox.add(accepted.id, "https", {"request": {"v": 99}})
+    [delivery] = r.router.drain_outbox()
+    assert delivery.status == "failed" and "unreadable outbox entry" in delivery.reason
+    assert r.journal.get(accepted.id).status == "failed"
+    assert r.router.drain_outbox() == []
