@@ -126,11 +126,21 @@ class EdgeAgentConfig(BaseSettings):
         env_prefix="EDGE_AGENT_", env_nested_delimiter="__", extra="forbid"
     )
 
-    model: ModelSettings = Field(default_factory=lambda: ModelSettings())
-    agent: AgentSettings = Field(default_factory=lambda: AgentSettings())
-    router: RouterSettings = Field(default_factory=lambda: RouterSettings())
-    budget: BudgetSettings = Field(default_factory=lambda: BudgetSettings())
-    offload: OffloadSettings = Field(default_factory=lambda: OffloadSettings())
+    model: ModelSettings = Field(
+        default_factory=lambda: ModelSettings(), description="the local model and its runtime"
+    )
+    agent: AgentSettings = Field(
+        default_factory=lambda: AgentSettings(), description="how one request is decided"
+    )
+    router: RouterSettings = Field(
+        default_factory=lambda: RouterSettings(), description="local vs offload decisions"
+    )
+    budget: BudgetSettings = Field(
+        default_factory=lambda: BudgetSettings(), description="what the cloud may cost"
+    )
+    offload: OffloadSettings = Field(
+        default_factory=lambda: OffloadSettings(), description="the cloud LLM, if any"
+    )
     tools_dirs: list[Path] = Field(
         default_factory=list, description="extra folders of tool modules"
     )

@@ -157,8 +157,10 @@ class _Builder:
         if body in self._by_body:
             return self._by_body[body]
         base = re.sub(r"[^a-zA-Z0-9]+", "-", hint).strip("-").lower() or "r"
+        if base.startswith(("json-", "root", "tool-call", "text-answer")):
+            base = f"u-{base}"  # never shadow a fixed rule name
         name, n = base, 1
-        while name in self.rules or name.startswith(("json-", "root", "tool-call")):
+        while name in self.rules:
             n += 1
             name = f"{base}-{n}"
         self.rules[name] = body
@@ -276,6 +278,8 @@ class _Builder:
 
     def free_object(self, node: JSONSchema, hint: str) -> str:
         extra = node.get("additionalProperties")
+        if extra is False or ("properties" in node and extra is None):
+            return '"{}"'  # a tool without parameters takes exactly {}
         if not isinstance(extra, dict) or not extra:
             return "json-object"
         value = self.schema(extra, f"{hint}-value")

@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from edge_agent.errors import InputError
+from edge_agent.errors import InputError, ModelError
 from edge_agent.schema import ToolSpec
 
 Message = dict[str, Any]
@@ -109,11 +109,19 @@ def _with_system(msgs: list[Message], text: str) -> list[Message]:
 
 
 def _render(source: str, msgs: list[Message], tools: list[dict[str, Any]]) -> str:
-    template = _compile(source)
+    """Render; a broken or hostile template (it comes from the GGUF file) is
+    an edge-agent error, never a jinja2 traceback."""
+    from jinja2 import TemplateError
+
     kwargs: dict[str, Any] = {"messages": msgs, "add_generation_prompt": True}
     if tools:
         kwargs["tools"] = tools
-    return str(template.render(bos_token="", eos_token="", **kwargs))
+    try:
+        return str(_compile(source).render(bos_token="", eos_token="", **kwargs))
+    except InputError:
+        raise
+    except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as exc:
+        raise ModelError(f"the model's chat template failed: {exc}") from exc
 
 
 @lru_cache(maxsize=8)

@@ -79,11 +79,9 @@ def schema_problem(spec: ToolSpec, arguments: dict[str, Any]) -> str:
     """The most relevant jsonschema error, phrased with its JSON path, or ''."""
     import jsonschema
 
-    validator = _validator(spec)
-    errors = sorted(validator.iter_errors(arguments), key=jsonschema.exceptions.relevance)
-    if not errors:
+    err = jsonschema.exceptions.best_match(_validator(spec).iter_errors(arguments))
+    if err is None:
         return ""
-    err = errors[0]
     where = "/".join(str(p) for p in err.absolute_path)
     return f"argument '{where}': {err.message}" if where else err.message
 
