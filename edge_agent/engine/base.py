@@ -13,6 +13,9 @@ from typing import Literal, Protocol
 from edge_agent.grammar import Grammar
 
 FinishReason = Literal["stop", "length"]
+EngineKind = Literal["gbnf", "llguidance"]
+"""How a grammar is enforced: llama.cpp's GBNF sampler, or llguidance masks
+with fast-forward tokens (:mod:`edge_agent.engine.guided`)."""
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,18 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
-from edge_agent.engine.base import FinishReason, Generation, Timings, TokenScore
-from edge_agent.errors import EngineError, InputError
+from edge_agent.engine.base import EngineKind, FinishReason, Generation, Timings, TokenScore
+from edge_agent.errors import ConfigError, EngineError, InputError
 from edge_agent.grammar import Grammar
 
 if TYPE_CHECKING:
     import llama_cpp
+
+    from edge_agent.engine.guided import GuidedLlamaEngine
 
 # llama_cpp ships no type information; grammar objects are typed as Any.
 
@@ -185,11 +187,46 @@ def _quiet_stderr() -> Any:
             os.close(fd)
 
 
+@overload
 def load_engine(
-    model: str | None = None, *, n_ctx: int = 4096, n_threads: int | None = None
-) -> LlamaEngine:
-    """Resolve a model name or path, check the file, then load it."""
+    model: str | None = None,
+    *,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+    engine: Literal["gbnf"] = "gbnf",
+) -> LlamaEngine: ...
+
+
+@overload
+def load_engine(
+    model: str | None = None,
+    *,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+    engine: EngineKind,
+) -> LlamaEngine | GuidedLlamaEngine: ...
+
+
+def load_engine(
+    model: str | None = None,
+    *,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+    engine: EngineKind = "gbnf",
+) -> LlamaEngine | GuidedLlamaEngine:
+    """Resolve a model name or path, check the file, then load it.
+
+    ``engine`` picks how grammars are enforced (the config's ``model.engine``);
+    both kinds load the model the same way, so switching costs nothing at load.
+    """
     from edge_agent.models import resolve_model
 
     resolved = resolve_model(model)
-    return LlamaEngine(resolved.path, n_ctx=n_ctx, n_threads=n_threads, name=resolved.name)
+    base = LlamaEngine(resolved.path, n_ctx=n_ctx, n_threads=n_threads, name=resolved.name)
+    if engine == "gbnf":
+        return base
+    if engine == "llguidance":
+        from edge_agent.engine.guided import GuidedLlamaEngine
+
+        return GuidedLlamaEngine(base)
+    raise ConfigError(f"unknown engine {engine!r}", hint="use gbnf or llguidance")

@@ -1,0 +1,616 @@
+"""Grammar-guided decoding with llguidance token masks and fast-forward tokens.
+
+:class:`GuidedLlamaEngine` implements :class:`~edge_agent.engine.base.Engine`
+on the same loaded ``llama_cpp.Llama`` as :class:`~edge_agent.engine.llama.LlamaEngine`,
+but runs its own decode loop instead of llama.cpp's GBNF sampler:
+
+* **Masks.** The GBNF from :mod:`edge_agent.grammar` is converted to
+  llguidance's Lark dialect (tool-call tags such as Qwen's ``<tool_call>``
+  become the model's special tokens), and an ``LLMatcher`` checks each step.
+  Greedy decoding only needs to know whether the model's own best token is
+  allowed, which llguidance answers for one token in microseconds; the whole
+  151k-entry mask is computed only when it is not.
+* **Fast-forward.** Where the grammar allows exactly one continuation
+  (``"arguments": {"room": "`` after a tool name), llguidance returns the
+  forced tokens, tokenized canonically (it backs off at the end so no token
+  boundary is forced that the tokenizer would not produce). They are
+  appended without sampling and evaluated as one batch with the sampled
+  token, so ten forced tokens cost about one decode step.
+* **Lazy constraint** (``lazy=True``). When the grammar also admits a
+  plain-text answer, the model decodes freely until it opens a call: the
+  ``<tool_call>`` token anywhere, or ``{``, ``[``, ``<`` or a backtick as its
+  first visible character. From that token on the call grammar applies. When
+  the grammar admits no text (``tool_choice`` required or a named tool), it
+  applies from the first token, as without ``lazy``.
+
+Each sampled token's score is taken from the raw logits *before* the mask,
+as in :mod:`edge_agent.engine.llama`. Forced tokens are not decisions of the
+model, and scoring them costs a row of logits each (the output layer is a
+quarter of a 0.5B model's weights), so ``score_forced`` is off by default:
+forced tokens carry ``logprob = top_logprob = entropy = 0`` ("the grammar
+left no choice") and :attr:`DecodeStats.forced_at` lists their positions, so
+a confidence model can skip them rather than read them as certainty.
+``score_forced=True`` is for callers that want the model's own opinion of
+the forced text too; it computes their real unconstrained log-probabilities
+from the same batch, at the price of those rows and of one extra batch when
+a call ends on forced tokens.
+
+Prompt-prefix KV reuse works as in ``Llama.generate``: the longest common
+prefix with what the context already holds is kept (see
+:mod:`edge_agent.engine.prefix_cache`).
+
+Limits: temperature 0 only; one sequence at a time; the Llama object must not
+be used from two threads at once (true of llama.cpp in general).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import llguidance
+import numpy as np
+import numpy.typing as npt
+from llguidance import gbnf_to_lark as g2l
+
+from edge_agent.engine.base import FinishReason, Generation, Timings, TokenScore
+from edge_agent.engine.prefix_cache import reuse_prefix
+from edge_agent.errors import EngineError, InputError, UnsupportedSchemaError
+from edge_agent.grammar import Grammar
+
+if TYPE_CHECKING:
+    from edge_agent.engine.llama import LlamaEngine
+
+Logits = npt.NDArray[np.float32]
+
+_TEXT_RULE = "text-answer"
+_MAX_GRAMMARS = 64
+_TAG_RE = re.compile(r"</?[A-Za-z_][A-Za-z0-9_|]*>")
+# First visible characters that open a call (the hard grammar's text answer
+# may not start with them either).
+_CALL_STARTS = ("{", "[", "<", "`")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class DecodeStats:
+    """What the decode loop did, beyond :class:`Timings`.
+
+    ``prompt_evaluated`` counts the prompt tokens actually run through the
+    model after prefix reuse; ``grammar_s`` is the time spent in llguidance
+    (checks, masks, fast-forward), ``full_masks`` how many steps needed the
+    whole vocabulary mask. ``triggered_at`` is the index of the first
+    constrained token in lazy mode (None: the model answered in free text);
+    ``forced_at`` the indices of fast-forwarded tokens in ``tokens``.
+    """
+
+    prompt_reused: int = 0
+    prompt_evaluated: int = 0
+    sampled: int = 0
+    forced: int = 0
+    grammar_s: float = 0.0
+    grammar_steps: int = 0
+    full_masks: int = 0
+    decode_batches: int = 0
+    triggered_at: int | None = None
+    forced_at: tuple[int, ...] = ()
+
+    @property
+    def ff_share(self) -> float:
+        total = self.sampled + self.forced
+        return self.forced / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class GuidedGeneration(Generation):
+    """A :class:`Generation` plus the guided loop's :class:`DecodeStats`."""
+
+    stats: DecodeStats = field(default_factory=DecodeStats)
+
+
+# --------------------------------------------------------------------------- grammar
+
+
+def lark_from_gbnf(gbnf: str, special: Callable[[str], bool], *, calls_only: bool = False) -> str:
+    """Convert one of our GBNF grammars to llguidance Lark.
+
+    ``special(tag)`` says whether a tag such as ``<tool_call>`` is a single
+    special token of the model; literals containing such tags are split so
+    the tag is matched as that token (llguidance never matches special
+    tokens by their text). ``calls_only`` drops the plain-text alternative of
+    the root rule, which is the grammar a lazy trigger switches to.
+    """
+    try:
+        rules = g2l.GrammarParser().parse(gbnf)
+    except g2l.GbnfToLarkError as exc:
+        raise UnsupportedSchemaError(f"llguidance cannot read the grammar: {exc}") from exc
+    for rule in rules.values():
+        rule.alternatives = _split_tags(rule.alternatives, special)
+    if calls_only:
+        _drop_text_answer(rules)
+    try:
+        g2l.resolve(rules)
+    except Exception as exc:  # resolve() raises bare Exception for dangling rules
+        raise UnsupportedSchemaError(f"llguidance cannot resolve the grammar: {exc}") from exc
+    ordered = sorted(rules.values(), key=lambda r: r.order)
+    return "%llguidance {}\n\n" + "\n".join(str(r) for r in ordered) + "\n"
+
+
+def allows_text(grammar: Grammar) -> bool:
+    """Whether the grammar's root admits a plain-text answer (``tool_choice=auto``)."""
+    root = grammar.text.split("\n", 1)[0]
+    return root.startswith("root ::=") and _TEXT_RULE in root.split()
+
+
+def _drop_text_answer(rules: dict[str, Any]) -> None:
+    root = rules.get("root")
+    if root is None or not isinstance(root.alternatives, g2l.AlternativeNode):
+        return
+    kept = [a for a in root.alternatives.alternatives if not _is_ref(a, _TEXT_RULE)]
+    if kept and len(kept) < len(root.alternatives.alternatives):
+        root.alternatives = g2l.AlternativeNode(kept)
+        rules.pop(_TEXT_RULE, None)
+
+
+def _is_ref(node: Any, name: str) -> bool:
+    if isinstance(node, g2l.SequenceNode) and len(node.nodes) == 1:
+        node = node.nodes[0]
+    return isinstance(node, g2l.RuleRefNode) and node.name == name
+
+
+def _split_tags(node: Any, special: Callable[[str], bool]) -> Any:
+    """Replace tags inside string literals by special-token references."""
+    if isinstance(node, g2l.LiteralNode):
+        return _split_literal(node.value, special)
+    if isinstance(node, g2l.SequenceNode):
+        node.nodes = [_split_tags(n, special) for n in node.nodes]
+    elif isinstance(node, g2l.AlternativeNode):
+        node.alternatives = [_split_tags(n, special) for n in node.alternatives]
+    elif isinstance(node, g2l.RepetitionNode):
+        node.node = _split_tags(node.node, special)
+    return node
+
+
+def _split_literal(value: str, special: Callable[[str], bool]) -> Any:
+    parts: list[Any] = []
+    pos = 0
+    for match in _TAG_RE.finditer(value):
+        if not special(match.group()):
+            continue
+        if match.start() > pos:
+            parts.append(g2l.LiteralNode(value[pos : match.start()]))
+        parts.append(_SpecialToken(match.group()))
+        pos = match.end()
+    if not parts:
+        return g2l.LiteralNode(value)
+    if pos < len(value):
+        parts.append(g2l.LiteralNode(value[pos:]))
+    return g2l.SequenceNode(parts)
+
+
+class _SpecialToken(g2l.ASTNode):
+    """A special token by name, e.g. ``<tool_call>``: never part of a terminal."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+    def is_terminal(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A grammar ready for llguidance: the full one, and the calls-only one
+    a lazy trigger switches to (None when the grammar admits no text)."""
+
+    full: llguidance.LLMatcher
+    calls: llguidance.LLMatcher | None
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class GuidedLlamaEngine:
+    """The :class:`Engine` protocol on a loaded llama.cpp model, with llguidance masks.
+
+    Built from a :class:`LlamaEngine` (the model is shared, not reloaded).
+    ``fast_forward`` feeds forced tokens as one batch; ``lazy`` lets the model
+    answer freely until it opens a call; ``score_forced`` (off by default,
+    since it costs a logits row per forced token) computes the unconstrained
+    log-probability of forced tokens as well, instead of leaving them at 0.
+    """
+
+    def __init__(
+        self,
+        engine: LlamaEngine,
+        *,
+        fast_forward: bool = True,
+        lazy: bool = False,
+        score_forced: bool = False,
+    ) -> None:
+        self._engine = engine
+        self._llm: Any = engine.llama
+        self.fast_forward = fast_forward
+        self.lazy = lazy
+        self.score_forced = score_forced
+        self._n_vocab = int(self._llm.n_vocab())
+        self._shared = _Shared(self._llm)
+
+    def with_options(self, **options: bool) -> GuidedLlamaEngine:
+        """The same model, tokenizer and grammar cache, with other options."""
+        unknown = set(options) - {"fast_forward", "lazy", "score_forced"}
+        if unknown:
+            raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
+        clone = copy.copy(self)
+        for name, value in options.items():
+            setattr(clone, name, value)
+        return clone
+
+    @property
+    def model_name(self) -> str:
+        return self._engine.model_name
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._engine.chat_template
+
+    @property
+    def llama(self) -> Any:
+        return self._llm
+
+    @property
+    def load_s(self) -> float:
+        return self._engine.load_s
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self._llm.n_ctx())
+
+    @property
+    def n_threads(self) -> int:
+        return self._engine.n_threads
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def generate(
+        self, prompt: str, *, grammar: Grammar | None = None, max_tokens: int = 256
+    ) -> GuidedGeneration:
+        tokens = self.tokenize(prompt)
+        if len(tokens) + max_tokens > self.n_ctx:
+            raise InputError(
+                f"prompt is {len(tokens)} tokens; with {max_tokens} to generate it exceeds "
+                f"the context of {self.n_ctx}",
+                hint="shorten the conversation or pass fewer tools",
+            )
+        run = _Run(self, self._constraint(grammar), max_tokens)
+        return run.execute(tokens)
+
+    def _constraint(self, grammar: Grammar | None) -> _Constraint:
+        if grammar is None:
+            return _Constraint(None, None)
+        compiled = self._shared.compile(grammar)
+        if self.lazy and compiled.calls is not None:
+            return _Constraint(None, compiled.calls.deep_copy())
+        return _Constraint(compiled.full.deep_copy(), None)
+
+
+class _Shared:
+    """Per-model state shared by :meth:`GuidedLlamaEngine.with_options` clones."""
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+        self._tokenizer: llguidance.LLTokenizer | None = None
+        self._eog: frozenset[int] | None = None
+        self._grammars: OrderedDict[str, _Compiled] = OrderedDict()
+        self.pieces: dict[int, bytes] = {}
+
+    @property
+    def eog(self) -> frozenset[int]:
+        if self._eog is None:
+            import llama_cpp
+
+            vocab = self._llm._model.vocab
+            n = int(self._llm.n_vocab())
+            self._eog = frozenset(t for t in range(n) if llama_cpp.llama_vocab_is_eog(vocab, t))
+        return self._eog
+
+    @property
+    def tokenizer(self) -> llguidance.LLTokenizer:
+        """llguidance's view of the llama.cpp vocabulary (about 1 s to build)."""
+        if self._tokenizer is None:
+            import llguidance.llamacpp
+
+            with warnings.catch_warnings():
+                # llguidance 1.9 still calls llama_token_get_attr, which
+                # llama-cpp-python 0.3.36 flags as deprecated.
+                warnings.filterwarnings("ignore", "llama_token_get_attr", DeprecationWarning)
+                self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(
+                    self._llm._model.vocab, eos_token=sorted(self.eog)
+                )
+        return self._tokenizer
+
+    def piece(self, token: int) -> bytes:
+        if token not in self.pieces:
+            self.pieces[token] = bytes(self._llm.detokenize([token], special=True))
+        return self.pieces[token]
+
+    def special_id(self, tag: str) -> int | None:
+        """The token id of ``tag`` if the vocabulary has it as one special token."""
+        ids = self.tokenizer.tokenize_str(tag, parse_special=True)
+        if len(ids) == 1 and self.tokenizer.is_special_token(ids[0]):
+            return int(ids[0])
+        return None
+
+    def compile(self, grammar: Grammar) -> _Compiled:
+        """The grammar's matchers, kept for the last few grammars used."""
+        compiled = self._grammars.pop(grammar.key, None)
+        if compiled is None:
+            calls = self._matcher(grammar, calls_only=True) if allows_text(grammar) else None
+            compiled = _Compiled(self._matcher(grammar), calls)
+        self._grammars[grammar.key] = compiled
+        while len(self._grammars) > _MAX_GRAMMARS:
+            self._grammars.popitem(last=False)
+        return compiled
+
+    def _matcher(self, grammar: Grammar, *, calls_only: bool = False) -> llguidance.LLMatcher:
+        def special(tag: str) -> bool:
+            return self.special_id(tag) is not None
+
+        lark = lark_from_gbnf(grammar.text, special, calls_only=calls_only)
+        matcher = llguidance.LLMatcher(
+            self.tokenizer, llguidance.LLMatcher.grammar_from_lark(lark), log_level=0
+        )
+        if matcher.is_error():
+            raise UnsupportedSchemaError(f"llguidance rejected the grammar: {matcher.get_error()}")
+        return matcher
+
+
+@dataclass
+class _Constraint:
+    """The matcher in force (None: free decoding) and, in lazy mode, the one
+    waiting for the model to open a call."""
+
+    active: llguidance.LLMatcher | None
+    waiting: llguidance.LLMatcher | None
+
+    def trigger(self) -> bool:
+        if self.waiting is None:
+            return False
+        self.active, self.waiting = self.waiting, None
+        return True
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class _Counters:
+    sampled: int = 0
+    forced: int = 0
+    grammar_s: float = 0.0
+    grammar_steps: int = 0
+    full_masks: int = 0
+    decode_batches: int = 0
+    triggered_at: int | None = None
+    forced_at: list[int] = field(default_factory=list)
+
+
+class _Run:
+    """One ``generate`` call: evaluate, score, pick, consume, fast-forward."""
+
+    def __init__(self, engine: GuidedLlamaEngine, constraint: _Constraint, max_tokens: int) -> None:
+        self.e = engine
+        self.llm = engine._llm
+        self.shared = engine._shared
+        self.c = constraint
+        self.max_tokens = max_tokens
+        self.tokens: list[int] = []
+        self.scores: list[TokenScore] = []
+        self.out = bytearray()
+        self.n = _Counters()
+        self._bitmask: npt.NDArray[np.int32] | None = None
+        self._open_tag: int | None = None
+        if constraint.waiting is not None:
+            self._open_tag = self.shared.special_id("<tool_call>")
+
+    def execute(self, prompt: list[int]) -> GuidedGeneration:
+        start = time.perf_counter()
+        reused = reuse_prefix(self.llm, prompt)
+        first_at, finish = self._loop(prompt[reused:], start)
+        end = time.perf_counter()
+        timings = Timings(self.e.load_s, first_at - start, end - first_at)
+        counters = dataclasses.asdict(self.n)
+        counters["forced_at"] = tuple(counters["forced_at"])
+        stats = DecodeStats(prompt_reused=reused, prompt_evaluated=len(prompt) - reused, **counters)
+        text = self.out.decode("utf-8", errors="replace")
+        return GuidedGeneration(text, tuple(self.scores), len(prompt), finish, timings, stats=stats)
+
+    def _loop(self, pending: list[int], start: float) -> tuple[float, FinishReason]:
+        first_at = 0.0
+        forced: list[int] = []
+        while True:
+            rows = self._eval(pending, len(forced) + 1)
+            if not first_at:
+                first_at = time.perf_counter()
+            self._score_forced(forced, rows[:-1])
+            if len(self.tokens) >= self.max_tokens:
+                return first_at, "length"
+            token = self._pick(rows[-1])
+            if token in self.shared.eog:
+                return first_at, "stop"
+            self._emit(token, self._score(rows[-1], token))
+            forced = self._advance(token)
+            if self.c.active is not None and self.c.active.is_stopped():
+                self._finish_forced(token, forced)
+                return first_at, "stop"
+            pending = [token, *forced]
+
+    # ---- model
+
+    def _eval(self, tokens: list[int], n_rows: int) -> list[Logits]:
+        """Evaluate ``tokens``; return the logits of the last ``n_rows`` positions.
+
+        Chunks of ``n_batch`` start at the front, as in ``Llama.eval``, so the
+        same prompt gives bit-identical logits in both engines.
+        """
+        n_batch = int(self.llm.n_batch)
+        chunks = [tokens[i : i + n_batch] for i in range(0, len(tokens), n_batch)]
+        n_rows = min(n_rows if self.e.score_forced else 1, len(chunks[-1]))
+        for chunk in chunks[:-1]:
+            self._decode(chunk, 1)
+        last = chunks[-1]
+        self._decode(last, n_rows)
+        rows = []
+        for i in range(len(last) - n_rows, len(last)):
+            ptr = self.llm._ctx.get_logits_ith(i)
+            rows.append(np.ctypeslib.as_array(ptr, shape=(self.e._n_vocab,)))
+        return rows
+
+    def _decode(self, batch: list[int], n_rows: int) -> None:
+        llm = self.llm
+        n_past = int(llm.n_tokens)
+        llm._batch.set_batch(batch=batch, n_past=n_past, logits_all=False)
+        for i in range(max(len(batch) - n_rows, 0), len(batch)):
+            llm._batch.batch.logits[i] = True
+        try:
+            llm._ctx.decode(llm._batch)
+        except RuntimeError as exc:
+            raise EngineError(f"llama.cpp failed to decode: {exc}", retryable=True) from exc
+        llm.input_ids[n_past : n_past + len(batch)] = batch
+        llm.n_tokens = n_past + len(batch)
+        llm._requires_eval = False
+        self.n.decode_batches += 1
+
+    def _score(self, logits: Logits, token: int) -> TokenScore:
+        """log p(token) under the raw logits, before any mask."""
+        top = float(logits.max())
+        shifted = logits - np.float32(top)
+        exp = np.exp(shifted)
+        z = float(exp.sum(dtype=np.float64))
+        log_z = math.log(z)
+        entropy = log_z - float(np.dot(exp, shifted)) / z
+        return TokenScore(
+            token=token,
+            text=self.shared.piece(token).decode("utf-8", errors="replace"),
+            logprob=float(shifted[token]) - log_z,
+            top_logprob=-log_z,
+            entropy=max(entropy, 0.0),
+        )
+
+    def _emit(self, token: int, score: TokenScore) -> None:
+        self.tokens.append(token)
+        self.scores.append(score)
+        self.out += self.shared.piece(token)
+
+    # ---- grammar
+
+    def _pick(self, logits: Logits) -> int:
+        """Greedy choice: the model's best token if the grammar allows it,
+        else the best token of the full mask."""
+        best = int(np.argmax(logits))
+        if self.c.active is None and not self._opens_call(best):
+            return best
+        started = time.perf_counter()
+        if self.c.active is None:
+            self.c.trigger()
+            self.n.triggered_at = len(self.tokens)
+        matcher = self.c.active
+        assert matcher is not None
+        self.n.grammar_steps += 1
+        if matcher.validate_tokens([best]) != 1:
+            best = self._masked_argmax(matcher, logits)
+        self.n.grammar_s += time.perf_counter() - started
+        return best
+
+    def _masked_argmax(self, matcher: llguidance.LLMatcher, logits: Logits) -> int:
+        from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
+
+        if self._bitmask is None:
+            self._bitmask = allocate_token_bitmask(1, self.e._n_vocab)
+        fill_next_token_bitmask(matcher, self._bitmask)
+        self.n.full_masks += 1
+        if matcher.is_error():
+            raise EngineError(f"llguidance failed: {matcher.get_error()}")
+        bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
+        allowed = np.flatnonzero(bits[: self.e._n_vocab])
+        if allowed.size == 0:
+            raise EngineError("the grammar allows no token at all; this is a bug")
+        return int(allowed[int(np.argmax(logits[allowed]))])
+
+    def _opens_call(self, token: int) -> bool:
+        """Lazy mode: does this token open a tool call?"""
+        if self.c.waiting is None:
+            return False
+        if token == self._open_tag:
+            return True
+        if self.out.strip():
+            return False
+        visible = self.shared.piece(token).lstrip()
+        return visible.decode("utf-8", errors="replace").startswith(_CALL_STARTS)
+
+    def _advance(self, token: int) -> list[int]:
+        """Consume the chosen token; return the forced tokens that follow it."""
+        matcher = self.c.active
+        if matcher is None:
+            self.n.sampled += 1
+            return []
+        started = time.perf_counter()
+        if not matcher.consume_token(token):
+            raise EngineError(f"llguidance refused token {token}: {matcher.get_error()}")
+        self.n.sampled += 1
+        forced: list[int] = []
+        if self.e.fast_forward and not matcher.is_stopped():
+            forced = matcher.compute_ff_tokens()[: self._room()]
+            if forced and not matcher.consume_tokens(forced):
+                raise EngineError(f"llguidance refused its own forced tokens: {forced}")
+        self.n.grammar_s += time.perf_counter() - started
+        for tok in forced:
+            self.n.forced_at.append(len(self.tokens))
+            self.tokens.append(tok)
+            self.out += self.shared.piece(tok)
+        self.n.forced += len(forced)
+        return forced
+
+    def _room(self) -> int:
+        """How many forced tokens still fit under max_tokens (and in one batch)."""
+        return max(0, min(self.max_tokens - len(self.tokens), int(self.llm.n_batch) - 1))
+
+    def _score_forced(self, forced: list[int], rows: Sequence[Logits]) -> None:
+        """Scores of forced tokens, in order, once their logits exist."""
+        if not forced:
+            return
+        scored = (
+            [self._score(r, t) for r, t in zip(rows, forced, strict=True)]
+            if self.e.score_forced
+            else [self._unscored(t) for t in forced]
+        )
+        self.scores.extend(scored)
+
+    def _unscored(self, token: int) -> TokenScore:
+        text = self.shared.piece(token).decode("utf-8", errors="replace")
+        return TokenScore(token=token, text=text, logprob=0.0, top_logprob=0.0, entropy=0.0)
+
+    def _finish_forced(self, token: int, forced: list[int]) -> None:
+        """The grammar is complete: forced tokens at the end need no further
+        decoding unless their scores are wanted."""
+        if not forced:
+            return
+        rows = self._eval([token, *forced[:-1]], len(forced)) if self.e.score_forced else []
+        self._score_forced(forced, rows)

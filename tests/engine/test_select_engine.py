@@ -1,0 +1,69 @@
+"""Choosing the grammar engine: the config's ``model.engine``, ``load_engine``
+and ``edge-agent bench bfcl --engine/--no-ff``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_agent.calls import parse_output
+from edge_agent.config import load_config
+from edge_agent.engine.guided import GuidedGeneration, GuidedLlamaEngine
+from edge_agent.engine.llama import LlamaEngine, load_engine
+from edge_agent.errors import ConfigError
+from edge_agent.grammar import GrammarOptions, build_grammar
+from edge_agent.prompts import build_prompt, user_message
+from edge_agent.schema import normalize_tools
+from edge_agent.verify import verify_output
+from tests.conftest import DATA, REPO, TEST_THREADS, run_cli
+
+HOME_TOOLS = normalize_tools(
+    json.loads((REPO / "benchmarks" / "data" / "home8.json").read_text())["tools"]
+)
+
+
+def test_gbnf_stays_the_default_engine() -> None:
+    assert load_config().model.engine == "gbnf"
+
+
+def test_engine_is_read_from_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "edge-agent.toml"
+    path.write_text('[model]\nengine = "llguidance"\n', encoding="utf-8")
+    assert load_config(path).model.engine == "llguidance"
+    path.write_text('[model]\nengine = "xgrammar"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"model\.engine"):
+        load_config(path)
+
+
+def test_load_engine_builds_the_configured_engine() -> None:
+    """Both kinds load the same file; the llguidance one decodes with masks and
+    fast-forward, and its call is valid."""
+    plain = load_engine("smollm2-135m", n_threads=TEST_THREADS)
+    assert type(plain) is LlamaEngine
+    guided = load_engine("smollm2-135m", n_threads=TEST_THREADS, engine="llguidance")
+    assert isinstance(guided, GuidedLlamaEngine)
+    assert guided.n_threads == TEST_THREADS and guided.model_name == plain.model_name
+    prompt = build_prompt(guided.chat_template, [user_message("Lock the front door")], HOME_TOOLS)
+    out = guided.generate(prompt, grammar=build_grammar(HOME_TOOLS, GrammarOptions()))
+    assert isinstance(out, GuidedGeneration) and out.stats.forced > 0
+    parsed = parse_output(out.text)
+    assert parsed.is_call and all(v.ok for v in verify_output(parsed, HOME_TOOLS)), out.text
+
+
+def test_no_ff_needs_the_llguidance_engine() -> None:
+    """Refused before any model is loaded."""
+    proc = run_cli(
+        "bench",
+        "bfcl",
+        "--questions",
+        str(DATA / "bfcl" / "BFCL_v4_simple_python.json"),
+        "--category",
+        "simple_python",
+        "--no-ff",
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "--no-ff only applies to --engine llguidance" in proc.stderr
+    assert "Traceback" not in proc.stderr
