@@ -47,7 +47,7 @@ command -v cc >/dev/null && command -v c++ >/dev/null && command -v cmake >/dev/
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 
 if [ "$DEV" -eq 1 ]; then
-  apt_install mosquitto bubblewrap
+  apt_install mosquitto bubblewrap chromium-headless-shell  # broker, sandbox, dashboard test
 fi
 
 if [ ! -x .venv/bin/python ]; then

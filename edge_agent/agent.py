@@ -186,6 +186,7 @@ class Agent:
         rules: Sequence[Rule] = (),
         sandbox: _Runner | None = None,
         confirm: Confirm | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.engine = engine
         self.tools = tools
@@ -193,7 +194,9 @@ class Agent:
         self.max_tokens = max_tokens
         self.sandbox = sandbox
         self.confirm = confirm
-        self.limiter = RateLimiter()
+        # A daemon passes one limiter to every request's Agent, so a tool's
+        # rate limit holds across requests and not just within one.
+        self.limiter = limiter if limiter is not None else RateLimiter()
         self.rules = (*rules, self.limiter.rule)
 
     @property

@@ -10,6 +10,8 @@ than a setting silently ignored. Nothing downstream reads raw dicts.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,11 +23,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from edge_agent.automation_settings import AutomationSettings
 from edge_agent.budget import BudgetSettings
 from edge_agent.connectivity import ConnectivitySettings
+from edge_agent.engine.base import EngineKind
 from edge_agent.errors import ConfigError
 from edge_agent.offload.settings import HttpsOffloadSettings, MqttOffloadSettings
 from edge_agent.registry import SideEffect
+
+API_TOKEN_ENV = "EDGE_AGENT_API_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 SourceName = Literal["cli", "api", "mqtt", "automation", "bench"]
 
@@ -41,6 +47,13 @@ class ModelSettings(BaseModel):
         None, ge=1, le=256, description="llama.cpp threads; None = physical cores"
     )
     max_tokens: int = Field(256, ge=8, le=8192, description="tokens generated per attempt")
+    engine: EngineKind = Field(
+        "gbnf",
+        description=(
+            "how tool-call grammars are enforced: gbnf = llama.cpp's GBNF sampler; "
+            "llguidance = llguidance token masks with fast-forward of forced tokens"
+        ),
+    )
 
 
 class AgentSettings(BaseModel):
@@ -80,7 +93,9 @@ class RouterSettings(BaseModel):
         0.6, ge=0, le=1, description="τ: answer locally when P(success) >= τ and verified"
     )
     confidence_model: Path | None = Field(
-        None, description="ONNX confidence model; None = the built-in min-logprob heuristic"
+        None,
+        description="ONNX confidence model; None = models/confidence.onnx when present, "
+        "else the built-in min-logprob heuristic",
     )
     offload: bool = Field(True, description="offload uncertain requests when a cloud is set")
     offload_max_tokens: int = Field(
@@ -119,6 +134,48 @@ class OffloadSettings(BaseModel):
     mqtt: MqttOffloadSettings | None = Field(None, description="offload through a broker")
 
 
+class ServerSettings(BaseModel):
+    """The ``[server]`` table: the local API and the request queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        max_length=253,
+        description="address the API binds to; anything but loopback requires an API token",
+    )
+    port: int = Field(8080, ge=1, le=65535, description="TCP port of the API")
+    token_file: Path | None = Field(
+        None,
+        description=f"API bearer token file, mode 0600; {API_TOKEN_ENV} takes precedence",
+    )
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, le=64 << 20, description="largest request body accepted (413 above)"
+    )
+    queue_size: int = Field(
+        32, ge=1, le=10_000, description="requests that may wait for the model (429 above)"
+    )
+    automation_reserve: int = Field(
+        8, ge=0, le=1_000, description="extra queue places only automation events may take"
+    )
+    request_timeout_s: float = Field(
+        300.0,
+        ge=1,
+        le=86_400,
+        description="an accepted request not started within this time fails, with a reason",
+    )
+    drain_timeout_s: float = Field(
+        120.0, ge=1, le=3_600, description="on SIGTERM, how long the request in progress may take"
+    )
+    keepalive_s: float = Field(
+        15.0, ge=1, le=300, description="SSE keep-alive interval while a streamed request waits"
+    )
+    allow_execute: bool = Field(
+        True, description="let API requests run registry tools (x_edge_agent_execute)"
+    )
+
+
 class EdgeAgentConfig(BaseSettings):
     """The whole configuration. Load with :func:`load_config`."""
 
@@ -141,8 +198,14 @@ class EdgeAgentConfig(BaseSettings):
     offload: OffloadSettings = Field(
         default_factory=lambda: OffloadSettings(), description="the cloud LLM, if any"
     )
+    server: ServerSettings = Field(
+        default_factory=lambda: ServerSettings(), description="the daemon's local HTTP API"
+    )
     tools_dirs: list[Path] = Field(
         default_factory=list, description="extra folders of tool modules"
+    )
+    automation: AutomationSettings | None = Field(
+        None, description="sensor topics, rules and firmware devices; None = no automation"
     )
 
     @classmethod
@@ -170,24 +233,58 @@ def state_dir() -> Path:
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> EdgeAgentConfig:
-    """Config from ``path`` (TOML) and the environment; errors name the key."""
+    """Config from ``path`` (TOML) and the environment; an error names the
+    file, the line (when found) and the key."""
     cls: type[EdgeAgentConfig] = EdgeAgentConfig
     if path is not None:
-        if not path.is_file():
+        if not _readable_file(path):
             raise ConfigError(f"config file {path} does not exist")
         settings = SettingsConfigDict(**{**EdgeAgentConfig.model_config, "toml_file": path})
-        cls = type("EdgeAgentConfigFile", (EdgeAgentConfig,), {"model_config": settings})  # type: ignore[assignment]
+        cls = type("EdgeAgentConfigFile", (EdgeAgentConfig,), {"model_config": settings})
     try:
         return cls(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_first_problem(exc, path)) from exc
+        raise ConfigError(describe_problem(exc, path)) from exc
     except ValueError as exc:  # TOML syntax errors
         raise ConfigError(f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
 
 
-def _first_problem(exc: ValidationError, path: Path | None) -> str:
+def _readable_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
+
+
+def describe_problem(exc: ValidationError, path: Path | None) -> str:
+    """``FILE:LINE: key.path: message`` for the first problem."""
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"])
-    where = f"{path}: " if path else ""
+    line = _line_of(path, err["loc"]) if path is not None else None
+    where = f"{path}:{line}: " if line else (f"{path}: " if path else "")
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{where}{key}: {err['msg']}{more}"
+
+
+def _line_of(path: Path, loc: Sequence[str | int]) -> int | None:
+    keys = [p for p in loc if isinstance(p, str)]
+    if not keys:
+        return None
+    table, key = ".".join(keys[:-1]), keys[-1]
+    current = ""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        header = re.match(r"^\[\[?([^\]]+)\]\]?", line)
+        if header:
+            current = re.sub(r"[\s\"']", "", header.group(1))
+            if current == ".".join(keys):
+                return number
+        elif current == table and re.match(rf"^[\"']?{re.escape(key)}[\"']?\s*=", line):
+            return number
+    return None

@@ -25,6 +25,7 @@ conditions a program cannot carry on through.
     │   ├── ToolDefinitionError     a tools file or @tool declaration is wrong
     │   └── SandboxError            the sandbox could not run or contain a call
     ├── InputError                  a request we refuse (empty prompt, bad JSON)
+    ├── BusyError                   the daemon's queue is full or it is stopping (retryable)
     ├── EngineError                 llama.cpp failed to load or decode
     ├── JournalError                the SQLite journal is unusable or refused a change
     │   └── StateConflictError      an illegal status change (e.g. finish after fail)
@@ -114,6 +115,19 @@ class SandboxError(ToolError):
 
 class InputError(EdgeAgentError):
     pass
+
+
+class BusyError(EdgeAgentError):
+    """The daemon cannot take a request now: its queue is full (``status``
+    429) or it is shutting down (503). Nothing was journaled, so retrying
+    after ``retry_after`` seconds is safe."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, status: int, retry_after: int) -> None:
+        super().__init__(message, hint=f"retry in {retry_after} s")
+        self.status = status
+        self.retry_after = retry_after
 
 
 class EngineError(EdgeAgentError):

@@ -25,6 +25,10 @@ _COMMAND_MODULES = (
     "edge_agent.cli.bench",
     "edge_agent.cli.offload",
     "edge_agent.cli.router",
+    "edge_agent.cli.run",
+    "edge_agent.cli.config",
+    "edge_agent.cli.service",
+    "edge_agent.cli.device",
 )
 
 EXIT_ERROR = 1

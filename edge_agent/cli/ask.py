@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         args.model or config.model.name,
         n_ctx=config.model.n_ctx,
         n_threads=args.threads or config.model.n_threads,
+        engine=config.model.engine,
     )
     settings = config.agent
     if args.parallel:

@@ -355,7 +355,7 @@ class _Call:
             paths.append(Path(self.tool.module_file).resolve().parent)
         if self.tool.policy.network:
             paths.append(Path("/run/systemd/resolve"))
-        return [p for p in dict.fromkeys(paths) if p.exists()]
+        return [p for p in dict.fromkeys(paths) if _present(p)]
 
     def _kill(self) -> None:
         if self.group is not None:
@@ -514,6 +514,17 @@ class _Pipes:
                     os.close(fd)
 
 
+def _present(path: Path) -> bool:
+    """Whether ``path`` exists for this process. A non-root daemon (the
+    systemd unit's user) may meet paths it cannot even stat, such as an
+    interpreter resolved through a 0700 home: those are left out rather than
+    failing the call, since this process could not grant them anyway."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def _import_paths(*, landlocked: bool = False) -> list[Path]:
     """The daemon's import path for the child: edge-agent first, then sys.path
     without the current folder. With ``landlocked``, a source checkout is
@@ -526,7 +537,7 @@ def _import_paths(*, landlocked: bool = False) -> list[Path]:
     paths = [root]
     for entry in sys.path:
         path = Path(entry)
-        if entry and path.is_absolute() and path != cwd and path.exists():
+        if entry and path.is_absolute() and path != cwd and _present(path):
             paths.append(path)
     paths = list(dict.fromkeys(paths))
     if landlocked and root.name not in ("site-packages", "dist-packages"):

@@ -1,0 +1,784 @@
+"""The local HTTP API: OpenAI-compatible chat completions in front of the daemon.
+
+Endpoints: ``POST /v1/chat/completions`` (tools, ``tool_choice``, streaming
+and not), ``GET /v1/models``, ``GET /healthz`` (no token, no details) and
+``GET /metrics`` (Prometheus text). An unchanged OpenAI client works against
+it; errors use OpenAI's ``{"error": {message, type, param, code}}`` object.
+
+Extensions, all optional and ignored by OpenAI clients:
+
+* ``"x_edge_agent_tools": ["set_light", ...]`` offers registry tools by name
+  (instead of, not with, inline ``tools``).
+* ``"x_edge_agent_execute": true`` (or the header ``x-edge-agent-execute:
+  true``) runs the registry tools in the sandbox; without named tools every
+  registry tool is offered. The answer is then the final assistant message,
+  and ``x_edge_agent.steps`` lists what ran. Inline tools are never run.
+* ``idempotency-key`` header: a repeat returns the stored answer.
+* Every completion carries ``x_edge_agent`` (request id, outcome, route,
+  attempts) and the ``x-edge-agent-request-id`` header.
+
+Decoding is always greedy: ``temperature`` and the like are accepted and
+ignored; ``max_tokens`` is capped by the config's ``model.max_tokens``.
+A stream starts (with the role chunk) once the request is journaled; the
+answer follows in one piece when the model is done, with SSE keep-alive
+comments while it waits in the queue.
+
+Security: the API binds to 127.0.0.1 by default. A bearer token is required
+whenever one is configured, and the daemon refuses to bind anything but
+loopback without one (:func:`resolve_token`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import ipaddress
+import json
+import os
+import stat
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edge_agent import dashboard
+from edge_agent.budget import Budget
+from edge_agent.calls import ToolCall, render_call
+from edge_agent.config import API_TOKEN_ENV as TOKEN_ENV
+from edge_agent.config import ServerSettings
+from edge_agent.daemon import Daemon, Failure, JobEvent, Live, Settled
+from edge_agent.dashboard import DATA_PATH, PAGE_PATH
+from edge_agent.errors import BusyError, ConfigError, SchemaError
+from edge_agent.journal import request_payload
+from edge_agent.schema import ToolSpec, normalize_tools
+
+MIN_TOKEN_CHARS = 16
+MAX_IDEMPOTENCY_KEY = 255
+ROUTES = ("/v1/chat/completions", "/v1/models", "/healthz", "/metrics", PAGE_PATH, DATA_PATH)
+
+# ---------------------------------------------------------------- the token
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def resolve_token(server: ServerSettings, environ: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token from the environment or the token file; refuses a
+    non-loopback bind without one."""
+    env = os.environ if environ is None else environ
+    token = env.get(TOKEN_ENV, "").strip() or None
+    if token is None and server.token_file is not None:
+        token = read_token_file(server.token_file)
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(
+            f"the API token has {len(token)} characters; use at least {MIN_TOKEN_CHARS}",
+            hint="python3 -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        )
+    if token is None and not is_loopback(server.host):
+        raise ConfigError(
+            f"refusing to listen on {server.host} without an API token",
+            hint=f"set {TOKEN_ENV} or server.token_file (a 0600 file), or bind 127.0.0.1",
+        )
+    return token
+
+
+def read_token_file(path: Path) -> str:
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"the token file {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise ConfigError(
+                f"the token file {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
+                "it must not be readable by others",
+                hint=f"chmod 600 {path}",
+            )
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token file {path}: {exc.strerror or exc}") from exc
+    if not token or "\n" in token:
+        raise ConfigError(f"the token file {path} must hold one non-empty line")
+    return token
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    """An HTTP error in OpenAI's shape."""
+
+    def __init__(  # noqa: PLR0913 - the OpenAI error fields
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+        self.headers = dict(headers or {})
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body, status_code=self.status, headers=self.headers)
+
+
+def _invalid(message: str, param: str | None = None, code: str = "invalid_request") -> ApiError:
+    return ApiError(400, message, code=code, param=param)
+
+
+def _failure_error(failure: Failure) -> ApiError:
+    rid = {"x-edge-agent-request-id": failure.request_id}
+    if failure.kind == "rejected":
+        return ApiError(400, failure.reason, code="invalid_request", headers=rid)
+    if failure.kind == "expired":
+        return ApiError(504, failure.reason, code="deadline_exceeded", kind="timeout_error")
+    if failure.kind in ("queued", "declined"):
+        # Not answered now: queued for the cloud (a repeat with the same
+        # idempotency-key returns the answer once delivered), or declined.
+        headers = {**rid, "retry-after": "60"} if failure.kind == "queued" else rid
+        code = f"offload_{failure.kind}"
+        return ApiError(503, failure.reason, code=code, kind="server_error", headers=headers)
+    if failure.kind == "interrupted":
+        message = f"request {failure.request_id}: {failure.reason}"
+        headers = {**rid, "retry-after": "10"}
+        return ApiError(503, message, code="shutting_down", kind="server_error", headers=headers)
+    return ApiError(500, failure.reason, code="request_failed", kind="server_error", headers=rid)
+
+
+def _busy_error(exc: BusyError) -> ApiError:
+    headers = {"retry-after": str(exc.retry_after)}
+    if exc.status == 429:
+        return ApiError(
+            429, exc.message, code="queue_full", kind="rate_limit_error", headers=headers
+        )
+    return ApiError(503, exc.message, code="shutting_down", kind="server_error", headers=headers)
+
+
+# ---------------------------------------------------------------- the request
+
+
+class _Text(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]
+    text: str
+
+
+class _FunctionIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    arguments: str = "{}"
+
+
+class _CallIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: _FunctionIn
+
+
+class _MessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[_Text] | None = None
+    tool_calls: list[_CallIn] | None = None
+
+
+class _FunctionName(BaseModel):
+    name: str
+
+
+class _NamedChoice(BaseModel):
+    type: Literal["function"]
+    function: _FunctionName
+
+
+class _StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class ChatBody(BaseModel):
+    """The fields we read; other OpenAI fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    messages: list[_MessageIn] = Field(min_length=1)
+    tools: list[Any] | None = None
+    tool_choice: Literal["auto", "none", "required"] | _NamedChoice | None = None
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    parallel_tool_calls: bool | None = None
+    n: int = Field(1, ge=1, le=1)
+    x_edge_agent_execute: bool = False
+    x_edge_agent_tools: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated request: what goes to the journal, and how to answer."""
+
+    payload: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+
+
+def parse_chat(body: object, live: Live, models: Sequence[str], *, execute: bool) -> ChatRequest:
+    """Validate an OpenAI chat request against the running config (400, 403, 404)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_request")
+    try:
+        chat = ChatBody.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise ApiError(400, f"{param}: {err['msg']}", code="invalid_request", param=param) from exc
+    if chat.model not in models:
+        message = f"the model {chat.model!r} does not exist here; this daemon serves {models[0]!r}"
+        raise ApiError(404, message, code="model_not_found", param="model")
+    execute = execute or chat.x_edge_agent_execute
+    if execute and not live.config.server.allow_execute:
+        message = "tool execution is disabled (server.allow_execute)"
+        raise ApiError(403, message, code="execute_disabled", kind="permission_error")
+    source, specs = _offered_tools(chat, live, execute)
+    options = _options(chat, live, execute, source, specs)
+    return ChatRequest(
+        payload=request_payload(_conversation(chat.messages), specs, options),
+        model=chat.model,
+        stream=chat.stream,
+        include_usage=bool(chat.stream_options and chat.stream_options.include_usage),
+    )
+
+
+def _offered_tools(chat: ChatBody, live: Live, execute: bool) -> tuple[str, list[ToolSpec]]:
+    """("registry" | "inline" | "none", the tools the model may call)."""
+    if chat.tools and chat.x_edge_agent_tools is not None:
+        raise _invalid("pass tools or x_edge_agent_tools, not both", "tools")
+    if chat.tools:
+        if execute:
+            message = "only registry tools run; name them in x_edge_agent_tools instead of tools"
+            raise ApiError(400, message, code="invalid_request", param="tools")
+        try:
+            return "inline", normalize_tools(chat.tools)
+        except SchemaError as exc:
+            raise ApiError(400, exc.one_line(), code="invalid_schema", param="tools") from exc
+    names = chat.x_edge_agent_tools
+    if names is None and not execute:
+        return "none", []
+    registry = live.registry
+    unknown = [n for n in names or [] if n not in registry]
+    if unknown:
+        message = f"unknown registry tool(s): {', '.join(unknown)}"
+        raise ApiError(400, message, code="unknown_tool", param="x_edge_agent_tools")
+    chosen = registry.subset(names) if names is not None else registry
+    return "registry", chosen.specs()
+
+
+def _options(
+    chat: ChatBody, live: Live, execute: bool, source: str, specs: list[ToolSpec]
+) -> dict[str, Any]:
+    cap = live.config.model.max_tokens
+    wanted = chat.max_completion_tokens or chat.max_tokens
+    return {
+        "model": chat.model,
+        "tool_choice": _tool_choice(chat, live, specs),
+        "execute": execute,
+        "max_tokens": min(wanted, cap) if wanted else cap,
+        "tool_source": source,
+        "tool_names": [s.name for s in specs] if source == "registry" else None,
+        "parallel": chat.parallel_tool_calls,
+    }
+
+
+def _tool_choice(chat: ChatBody, live: Live, specs: list[ToolSpec]) -> str:
+    choice = chat.tool_choice
+    if isinstance(choice, _NamedChoice):
+        if choice.function.name not in {s.name for s in specs}:
+            message = f"tool_choice names {choice.function.name!r}, which is not among the tools"
+            raise ApiError(400, message, code="invalid_request", param="tool_choice")
+        return choice.function.name
+    if choice == "required" and not specs:
+        raise _invalid("tool_choice is required but no tools were given", "tool_choice")
+    return choice or (live.config.agent.tool_choice if specs else "auto")
+
+
+def _conversation(messages: Sequence[_MessageIn]) -> list[dict[str, Any]]:
+    out = [_message(m, i) for i, m in enumerate(messages)]
+    last = out[-1]
+    if last["role"] in ("user", "tool") and not last["content"].strip():
+        raise ApiError(400, "the last message is empty", code="invalid_request", param="messages")
+    return out
+
+
+def _message(message: _MessageIn, index: int) -> dict[str, Any]:
+    content = message.content
+    text = content if isinstance(content, str) else "".join(p.text for p in content or [])
+    calls = [_rendered(c, index) for c in message.tool_calls or []]
+    if calls:
+        text = "\n".join([text, *calls]).strip()
+    role = "system" if message.role == "developer" else message.role
+    return {"role": role, "content": text}
+
+
+def _rendered(call: _CallIn, index: int) -> str:
+    """An earlier assistant tool call, in the envelope the model writes."""
+    try:
+        arguments = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        param = f"messages.{index}.tool_calls"
+        raise _invalid("tool call arguments must be a JSON object string", param)
+    return render_call(ToolCall(call.function.name, arguments))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiError:
+    message = f"the request body is larger than {limit} bytes"
+    return ApiError(413, message, code="body_too_large", headers={"connection": "close"})
+
+
+def _json(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        raise ApiError(
+            400, f"the request body is not valid JSON: {exc}", code="invalid_json"
+        ) from exc
+
+
+# ---------------------------------------------------------------- the answer
+
+
+@dataclass(frozen=True)
+class _Meta:
+    request_id: str
+    created: int
+    model: str
+
+    @property
+    def id(self) -> str:
+        return f"chatcmpl-{self.request_id}"
+
+
+def completion(meta: _Meta, stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored answer as an OpenAI ``chat.completion``."""
+    message, finish = _assistant(meta.request_id, stored)
+    return {
+        "id": meta.id,
+        "object": "chat.completion",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": _usage(stored),
+        "x_edge_agent": _extension(meta.request_id, stored),
+    }
+
+
+def completion_chunks(
+    meta: _Meta, stored: Mapping[str, Any], *, include_usage: bool
+) -> Iterator[dict[str, Any]]:
+    """The answer as ``chat.completion.chunk`` objects, after the role chunk."""
+    message, finish = _assistant(meta.request_id, stored)
+    for index, call in enumerate(message.get("tool_calls") or []):
+        head = {**call, "index": index, "function": {**call["function"], "arguments": ""}}
+        yield _chunk(meta, {"tool_calls": [head]})
+        arguments = {"index": index, "function": {"arguments": call["function"]["arguments"]}}
+        yield _chunk(meta, {"tool_calls": [arguments]})
+    if message.get("content"):
+        yield _chunk(meta, {"content": message["content"]})
+    last = _chunk(meta, {}, finish)
+    last["x_edge_agent"] = _extension(meta.request_id, stored)
+    yield last
+    if include_usage:
+        yield {**_chunk(meta, {}), "choices": [], "usage": _usage(stored)}
+
+
+def _chunk(meta: _Meta, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": meta.id,
+        "object": "chat.completion.chunk",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+def _assistant(request_id: str, stored: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """(the assistant message, finish_reason). Executed calls are not handed
+    back as tool_calls: they ran already, and a client must not run them again."""
+    if stored.get("executed") and stored.get("executions"):
+        return {"role": "assistant", "content": _final_text(stored)}, "stop"
+    calls = stored.get("tool_calls") or []
+    if calls:
+        tool_calls = [_tool_call(request_id, i, c) for i, c in enumerate(calls)]
+        return {"role": "assistant", "content": None, "tool_calls": tool_calls}, "tool_calls"
+    finish = "length" if stored.get("finish_reason") == "length" else "stop"
+    return {"role": "assistant", "content": str(stored.get("text") or "")}, finish
+
+
+def _tool_call(request_id: str, index: int, call: Mapping[str, Any]) -> dict[str, Any]:
+    arguments = json.dumps(call.get("arguments") or {}, ensure_ascii=False)
+    return {
+        "id": f"call_{request_id[:16]}_{index}",
+        "type": "function",
+        "function": {"name": call["name"], "arguments": arguments},
+    }
+
+
+def _final_text(stored: Mapping[str, Any]) -> str:
+    """The model's closing answer; when it gave none, what the tools did."""
+    if stored.get("text"):
+        return str(stored["text"])
+    lines = []
+    for step in stored.get("executions") or []:
+        what = step.get("result") if step.get("status") == "done" else step.get("error")
+        detail = json.dumps(what if what is not None else step.get("reason", ""), default=str)
+        lines.append(f"{step.get('name')}: {step.get('status')} {detail}")
+    return "\n".join(lines)
+
+
+def _usage(stored: Mapping[str, Any]) -> dict[str, int]:
+    tokens = stored.get("tokens") or {}
+    prompt, completion = int(tokens.get("prompt", 0)), int(tokens.get("completion", 0))
+    total = prompt + completion
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
+def _extension(request_id: str, stored: Mapping[str, Any]) -> dict[str, Any]:
+    attempts = stored.get("attempts") or []
+    out: dict[str, Any] = {
+        "request_id": request_id,
+        "outcome": stored.get("outcome"),
+        "route": stored.get("route"),
+        "latency_s": stored.get("latency_s"),
+        "attempts": len(attempts),
+        "valid_at_1": stored.get("valid_at_1"),
+    }
+    if stored.get("outcome") == "invalid" and attempts:
+        out["problem"] = attempts[-1].get("problem", "")
+    if stored.get("executed"):
+        out["tool_calls"] = stored.get("tool_calls") or []
+        out["steps"] = stored.get("executions") or []
+    return out
+
+
+def _data(obj: object) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _events(
+    meta: _Meta, future: asyncio.Future[Settled], *, include_usage: bool, keepalive_s: float
+) -> AsyncIterator[str]:
+    yield _data(_chunk(meta, {"role": "assistant"}))
+    while not future.done():
+        await asyncio.wait({future}, timeout=keepalive_s)
+        if not future.done():
+            yield ": keep-alive\n\n"
+    settled = future.result()
+    if isinstance(settled, Failure):
+        yield _data(_failure_error(settled).body)
+    else:
+        for chunk in completion_chunks(meta, settled.result, include_usage=include_usage):
+            yield _data(chunk)
+    yield "data: [DONE]\n\n"
+
+
+# ---------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry: no global state)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry()
+        self.http = Counter(
+            "edge_agent_http_requests", "HTTP requests by route and status",
+            ["route", "status"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "edge_agent_http_request_duration_seconds", "HTTP request time, queue wait included",
+            ["route"], registry=r, buckets=_BUCKETS,
+        )  # fmt: skip
+        self.settled = Counter(
+            "edge_agent_requests", "accepted requests settled, by source and outcome",
+            ["source", "outcome"], registry=r,
+        )  # fmt: skip
+        self.tokens = Counter("edge_agent_tokens", "tokens processed", ["kind"], registry=r)
+        self.joules = Counter(
+            "edge_agent_energy_joules", "energy spent answering requests (see the journal's"
+            " energy_source for the probe)", registry=r,
+        )  # fmt: skip
+        self.routes = Counter(
+            "edge_agent_routed_requests", "answered requests by route", ["route"], registry=r
+        )
+        self.queue_wait = Histogram(
+            "edge_agent_queue_wait_seconds", "time accepted requests waited for the model",
+            registry=r, buckets=_BUCKETS,
+        )  # fmt: skip
+        self.run = Histogram(
+            "edge_agent_inference_seconds", "time answering one request",
+            registry=r, buckets=_BUCKETS,
+        )  # fmt: skip
+        depth = Gauge("edge_agent_queue_depth", "requests waiting for the model", registry=r)
+        depth.set_function(lambda: daemon.depth)
+        busy = Gauge("edge_agent_busy", "1 while a request is being answered", registry=r)
+        busy.set_function(lambda: int(daemon.busy))
+        if daemon.routing is not None:
+            budget = daemon.routing.cloud.budget
+            for window in ("day", "month"):
+                left = Gauge(
+                    f"edge_agent_budget_left_{window}",
+                    f"cloud budget left this {window}, in {budget.settings.currency}",
+                    registry=r,
+                )
+                left.set_function(functools.partial(_budget_left, budget, window))
+
+    def on_job(self, event: JobEvent) -> None:
+        self.settled.labels(event.source, event.outcome).inc()
+        self.tokens.labels("prompt").inc(event.prompt_tokens)
+        self.tokens.labels("completion").inc(event.completion_tokens)
+        self.joules.inc(event.energy_j)
+        if event.route:
+            self.routes.labels(event.route).inc()
+        self.queue_wait.observe(event.queue_s)
+        self.run.observe(event.run_s)
+
+    def on_http(self, path: str, status: int, seconds: float) -> None:
+        route = path if path in ROUTES else "other"
+        self.http.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
+
+
+# ---------------------------------------------------------------- middleware
+
+
+class _Metered:
+    """Counts and times every HTTP request (401s and 404s included)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self.metrics.on_http(scope["path"], status, time.perf_counter() - started)
+
+
+class _Guard:
+    """Bearer-token check on everything but /healthz and the /ui page (constant-time)."""
+
+    def __init__(self, app: ASGIApp, token: Callable[[], str | None]) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = self.token()
+        public = scope.get("path") in ("/healthz", PAGE_PATH)  # the page holds no data
+        if scope["type"] != "http" or public or token is None:
+            await self.app(scope, receive, send)
+            return
+        if _authorized(Request(scope).headers.get("authorization", ""), token):
+            await self.app(scope, receive, send)
+            return
+        error = ApiError(
+            401,
+            "missing or wrong API key: send Authorization: Bearer <token>",
+            code="invalid_api_key",
+            headers={"www-authenticate": "Bearer"},
+        )
+        await error.response()(scope, receive, send)
+
+
+def _budget_left(budget: Budget, window: str) -> float:
+    left = budget.left()
+    return float(left.day if window == "day" else left.month)
+
+
+def _authorized(header: str, token: str) -> bool:
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(daemon: Daemon) -> Starlette:
+    """The ASGI app in front of ``daemon``; reads its live config per request."""
+    metrics = Metrics(daemon)
+    daemon.subscribe(metrics.on_job)
+    from edge_agent.automation_host import AutomationCollector
+
+    metrics.registry.register(AutomationCollector(daemon))  # empty without automation
+    started = int(time.time())
+
+    async def chat(request: Request) -> Response:
+        return await _chat(daemon, request)
+
+    async def models(request: Request) -> Response:
+        data = [_model_card(m, started) for m in daemon.model_ids]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def healthz(request: Request) -> Response:
+        if daemon.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def prometheus(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+            *dashboard.routes(daemon),
+        ],
+        exception_handlers={
+            ApiError: _on_api_error,
+            BusyError: _on_busy,
+            HTTPException: _on_http_error,
+            Exception: _on_crash,
+        },
+    )
+    app.add_middleware(_Guard, token=lambda: daemon.live.token)
+    app.add_middleware(_Metered, metrics=metrics)
+    return app
+
+
+async def _chat(daemon: Daemon, request: Request) -> Response:
+    server = daemon.live.config.server
+    body = _json(await read_body(request, server.max_body_bytes))
+    execute = _truthy(request.headers.get("x-edge-agent-execute"))
+    chat = parse_chat(body, daemon.live, daemon.model_ids, execute=execute)
+    ticket = await daemon.submit(chat.payload, source="api", idempotency_key=_key(request))
+    meta = _Meta(ticket.request_id, int(time.time()), chat.model)
+    headers = {"x-edge-agent-request-id": ticket.request_id}
+    if chat.stream:
+        events = _events(
+            meta, ticket.future, include_usage=chat.include_usage, keepalive_s=server.keepalive_s
+        )
+        headers["cache-control"] = "no-cache"
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    settled = await asyncio.shield(ticket.future)  # a client gone does not cancel the answer
+    if isinstance(settled, Failure):
+        raise _failure_error(settled)
+    meta = _Meta(meta.request_id, int(settled.result.get("created", meta.created)), chat.model)
+    return JSONResponse(completion(meta, settled.result), headers=headers)
+
+
+def _model_card(model: str, created: int) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": created, "owned_by": "edge-agent"}
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        message = f"idempotency-key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters"
+        raise ApiError(400, message, code="invalid_request", param="idempotency-key")
+    return key
+
+
+async def _on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _on_busy(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BusyError)
+    return _busy_error(exc).response()
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return ApiError(exc.status_code, str(exc.detail), code=code).response()
+
+
+async def _on_crash(request: Request, exc: Exception) -> Response:
+    return ApiError(500, "internal error", code="internal_error", kind="server_error").response()
+
+
+__all__ = [
+    "ApiError",
+    "ChatRequest",
+    "Metrics",
+    "completion",
+    "completion_chunks",
+    "create_app",
+    "is_loopback",
+    "parse_chat",
+    "read_token_file",
+    "resolve_token",
+]

@@ -1,0 +1,294 @@
+"""The HTTP API of a real daemon (SmolLM2): shapes, errors, auth, streaming.
+
+Every bad input gets the right status in OpenAI's error shape, and the
+daemon is still up afterwards (checked after every test).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.daemon.conftest import SET_LIGHT, SMOL, TOKEN, DaemonProcess, chat_body, sse_events
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+
+@pytest.fixture
+def api(smol_daemon: DaemonProcess) -> Iterator[httpx.Client]:
+    with smol_daemon.client() as client:
+        yield client
+    assert smol_daemon.alive(), smol_daemon.log()
+    assert httpx.get(f"{smol_daemon.url}/healthz", timeout=5).status_code == 200
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+# ---------------------------------------------------------------- no model needed
+
+
+def test_healthz_needs_no_token_and_says_nothing_more(smol_daemon: DaemonProcess) -> None:
+    response = httpx.get(f"{smol_daemon.url}/healthz", timeout=5)
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_models_lists_the_loaded_model(api: httpx.Client) -> None:
+    body = api.get("/v1/models").json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == [SMOL]
+    assert body["data"][0]["object"] == "model"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"authorization": "Bearer wrong-token-0123456789"}, {"authorization": f"Basic {TOKEN}"},
+     {"authorization": f"Bearer {TOKEN}x"}],
+    ids=["missing", "wrong", "not-bearer", "longer"],
+)  # fmt: skip
+@pytest.mark.parametrize("path", ["/v1/models", "/metrics", "/v1/chat/completions"])
+def test_missing_or_wrong_token_is_401(
+    smol_daemon: DaemonProcess, headers: dict[str, str], path: str
+) -> None:
+    with httpx.Client(base_url=smol_daemon.url, headers=headers, timeout=10) as client:
+        response = client.post(path, json=chat_body()) if "chat" in path else client.get(path)
+    error = assert_error(response, 401, "invalid_api_key")
+    assert TOKEN not in error["message"]
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_invalid_json_is_400(api: httpx.Client) -> None:
+    response = api.post("/v1/chat/completions", content=b'{"model": "smollm2-135m", "messa')
+    assert_error(response, 400, "invalid_json")
+    response = api.post("/v1/chat/completions", content=b"\xff\xfe not utf-8")
+    assert_error(response, 400, "invalid_json")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ([1, 2], None),
+        ({"model": SMOL}, "messages"),
+        ({"model": SMOL, "messages": []}, "messages"),
+        ({"model": SMOL, "messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
+        ({"model": SMOL, "messages": [{"role": "user", "content": " "}]}, "messages"),
+        (chat_body(n=2), "n"),
+        (chat_body(tool_choice="required"), "tool_choice"),
+        (chat_body(tools=[SET_LIGHT], tool_choice={"type": "function",
+                                                     "function": {"name": "nope"}}),
+         "tool_choice"),
+        (chat_body(x_edge_agent_tools=["no_such_tool"]), "x_edge_agent_tools"),
+        (chat_body(tools=[SET_LIGHT], x_edge_agent_execute=True), "tools"),
+    ],
+    ids=["not-object", "no-messages", "empty-messages", "bad-role", "empty-prompt", "n=2",
+         "required-without-tools", "unknown-named-tool", "unknown-registry-tool",
+         "execute-inline-tools"],
+)  # fmt: skip
+def test_invalid_request_is_400(api: httpx.Client, body: object, param: str | None) -> None:
+    error = assert_error(api.post("/v1/chat/completions", json=body), 400)
+    assert error["param"] == param or (param and error["param"].startswith(param)), error
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [
+        {"type": "function", "function": {"name": "bad name!", "parameters": {"type": "object"}}},
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}},
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+         "properties": {"x": {"type": "integer", "minimum": "zero"}}}}},
+        {"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/nowhere"}}},
+    ],
+    ids=["name", "not-object", "metaschema", "dangling-ref"],
+)  # fmt: skip
+def test_invalid_tool_schema_is_400(api: httpx.Client, tool: dict) -> None:
+    response = api.post("/v1/chat/completions", json=chat_body(tools=[tool]))
+    error = assert_error(response, 400, "invalid_schema")
+    assert error["param"] == "tools"
+
+
+def test_unknown_model_is_404(api: httpx.Client) -> None:
+    response = api.post("/v1/chat/completions", json={**chat_body(), "model": "gpt-4o"})
+    error = assert_error(response, 404, "model_not_found")
+    assert error["param"] == "model"
+
+
+def test_oversized_body_is_413_declared_or_streamed(api: httpx.Client) -> None:
+    big = json.dumps(chat_body("x" * 10_000)).encode()  # the test daemon allows 4096 bytes
+    assert_error(api.post("/v1/chat/completions", content=big), 413, "body_too_large")
+
+    def chunks() -> Iterator[bytes]:  # chunked: no Content-Length to refuse early
+        for start in range(0, len(big), 1000):
+            yield big[start : start + 1000]
+
+    try:
+        response = api.post("/v1/chat/completions", content=chunks())
+    except httpx.TransportError:
+        return  # the daemon closed the connection before we finished sending: also fine
+    assert_error(response, 413, "body_too_large")
+
+
+def test_unknown_route_and_method_use_the_error_shape(api: httpx.Client) -> None:
+    assert_error(api.get("/v1/nothing"), 404, "not_found")
+    assert_error(api.get("/v1/chat/completions"), 405, "method_not_allowed")
+
+
+# ---------------------------------------------------------------- with the model
+
+
+def test_tool_call_in_the_standard_shape(api: httpx.Client) -> None:
+    choice = {"type": "function", "function": {"name": "set_light"}}
+    response = api.post(
+        "/v1/chat/completions", json=chat_body(tools=[SET_LIGHT], tool_choice=choice)
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["id"].startswith("chatcmpl-")
+    assert response.headers["x-edge-agent-request-id"] == body["x_edge_agent"]["request_id"]
+    (choice_out,) = body["choices"]
+    assert choice_out["finish_reason"] == "tool_calls"
+    message = choice_out["message"]
+    assert message["role"] == "assistant"
+    assert message["content"] is None
+    (call,) = message["tool_calls"]
+    assert call["type"] == "function"
+    assert call["id"].startswith("call_")
+    assert call["function"]["name"] == "set_light"
+    arguments = json.loads(call["function"]["arguments"])  # a JSON *string*
+    assert set(arguments) == {"room", "on"}
+    assert arguments["room"] in ("kitchen", "bedroom", "living room")
+    usage = body["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+
+
+def test_plain_answer_without_tools(api: httpx.Client) -> None:
+    body = api.post("/v1/chat/completions", json=chat_body("Say hello.", max_tokens=8)).json()
+    (choice,) = body["choices"]
+    assert choice["message"]["role"] == "assistant"
+    assert isinstance(choice["message"]["content"], str)
+    assert "tool_calls" not in choice["message"]
+    assert choice["finish_reason"] in ("stop", "length")
+    assert body["usage"]["completion_tokens"] <= 8
+
+
+def test_tool_choice_none_answers_in_text(api: httpx.Client) -> None:
+    body = chat_body("Say hello.", tools=[SET_LIGHT], tool_choice="none", max_tokens=8)
+    choice = api.post("/v1/chat/completions", json=body).json()["choices"][0]
+    assert "tool_calls" not in choice["message"]
+    assert choice["finish_reason"] in ("stop", "length")
+
+
+def test_streaming_tool_call_chunks(api: httpx.Client) -> None:
+    choice = {"type": "function", "function": {"name": "set_light"}}
+    body = chat_body(
+        tools=[SET_LIGHT], tool_choice=choice, stream=True, stream_options={"include_usage": True}
+    )
+    with api.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = list(sse_events(response.iter_lines()))
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    name, arguments = "", ""
+    for chunk in chunks:
+        for choice_out in chunk["choices"]:
+            for delta in choice_out["delta"].get("tool_calls", []):
+                assert delta["index"] == 0
+                name += delta.get("function", {}).get("name", "")
+                arguments += delta.get("function", {}).get("arguments", "")
+    assert name == "set_light"
+    assert set(json.loads(arguments)) == {"room", "on"}
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == "tool_calls"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+
+
+def test_execute_runs_registry_tools_and_attaches_the_steps(api: httpx.Client) -> None:
+    choice = {"type": "function", "function": {"name": "calculate"}}
+    body = chat_body("What is 2 + 3?", x_edge_agent_tools=["calculate"], tool_choice=choice)
+    response = api.post("/v1/chat/completions", json=body, headers={"x-edge-agent-execute": "true"})
+    assert response.status_code == 200, response.text
+    out = response.json()
+    message = out["choices"][0]["message"]
+    assert "tool_calls" not in message  # they ran already: a client must not run them again
+    assert isinstance(message["content"], str)
+    assert out["choices"][0]["finish_reason"] in ("stop", "length")
+    steps = out["x_edge_agent"]["steps"]
+    assert steps, out
+    assert steps[0]["name"] == "calculate"
+    assert steps[0]["status"] in ("done", "failed")
+    assert "expression" in steps[0]["arguments"]
+
+
+def test_idempotency_key_returns_the_stored_answer(
+    api: httpx.Client, smol_daemon: DaemonProcess
+) -> None:
+    key = f"test-{time.time_ns()}"
+    body = chat_body("Say hi.", max_tokens=8)
+    first = api.post("/v1/chat/completions", json=body, headers={"idempotency-key": key})
+    again = api.post("/v1/chat/completions", json=body, headers={"idempotency-key": key})
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json()
+    assert len(smol_daemon.rows("WHERE idempotency_key = ?", (key,))) == 1
+    assert_error(
+        api.post("/v1/chat/completions", json=body, headers={"idempotency-key": "k" * 300}), 400
+    )
+
+
+def test_client_disconnecting_mid_stream(api: httpx.Client, smol_daemon: DaemonProcess) -> None:
+    body = chat_body("Write a long story about a robot.", stream=True, max_tokens=96)
+    with api.stream("POST", "/v1/chat/completions", json=body) as response:
+        rid = response.headers["x-edge-agent-request-id"]
+        first = next(sse_events(response.iter_lines()))
+        assert first["choices"][0]["delta"] == {"role": "assistant"}
+    # the connection is gone; the accepted request is still answered and journaled
+    rows = smol_daemon.wait_rows(
+        lambda rs: any(r["id"] == rid and r["status"] == "done" for r in rs)
+    )
+    assert rows
+    assert api.get("/v1/models").status_code == 200
+
+
+def test_metrics_in_prometheus_text_format(api: httpx.Client) -> None:
+    api.post("/v1/chat/completions", json=chat_body("Say hi.", max_tokens=8))
+    response = api.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    for name in (
+        "edge_agent_http_requests",
+        "edge_agent_http_request_duration_seconds",
+        "edge_agent_requests",
+        "edge_agent_tokens",
+        "edge_agent_queue_depth",
+        "edge_agent_busy",
+    ):
+        assert name in families, sorted(families)
+    http = {
+        (s.labels["route"], s.labels["status"])
+        for s in families["edge_agent_http_requests"].samples
+        if s.name.endswith("_total")
+    }
+    assert ("/v1/chat/completions", "200") in http
+    tokens = {
+        s.labels["kind"]: s.value
+        for s in families["edge_agent_tokens"].samples
+        if s.name.endswith("_total")
+    }
+    assert tokens["prompt"] > 0 and tokens["completion"] > 0
