@@ -470,9 +470,16 @@ class OnnxConfidence:
         return np.clip(out.reshape(len(batch)).astype(np.float64), 0.0, 1.0)
 
 
-def load_confidence(path: Path | None) -> ConfidenceModel:
-    """The ONNX model at ``path``, or the heuristic when none is configured."""
-    return HeuristicConfidence() if path is None else OnnxConfidence(path)
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "confidence.onnx"
+"""Fitted by ``benchmarks/calibrate_confidence.sh`` on BFCL tuning items."""
+
+
+def load_confidence(path: Path | None, *, shipped: Path = SHIPPED_MODEL) -> ConfidenceModel:
+    """The ONNX model at ``path``; without one, the model shipped in
+    ``models/`` (fitted on BFCL tuning data), else the heuristic."""
+    if path is not None:
+        return OnnxConfidence(path)
+    return OnnxConfidence(shipped) if shipped.is_file() else HeuristicConfidence()
 
 
 # ---------------------------------------------------------------- fitting

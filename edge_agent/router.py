@@ -329,12 +329,14 @@ class _Request:
     p: float | None = None
     why: str = ""
     records: list[AttemptRecord] = field(default_factory=list)
+    in_flight: int | None = None  # the write-ahead outbox row of a direct offload
 
 
 # ---------------------------------------------------------------- the router
 
 
 Executor = Callable[[Sequence[ToolCall]], tuple[Execution, ...]]
+IN_FLIGHT_PARK_S = 86_400.0
 
 
 class Router:
@@ -376,10 +378,17 @@ class Router:
         tool_choice: str | None = None,
         execute: bool = True,
         mode: Mode = "cascade",
+        request_id: str | None = None,
     ) -> RoutedResult:
-        """Route one request. ``mode="llm"`` skips the SLM and offloads."""
+        """Route one request. ``mode="llm"`` skips the SLM and offloads.
+
+        ``request_id`` names a request the caller has already accepted and
+        started in the store's journal (the daemon journals before it
+        acknowledges); the router then records the outcome against it."""
         req = self._intake(request, source, idempotency_key, tool_choice, execute)
-        if self.store is not None:
+        if request_id is not None:
+            req.request_id = request_id
+        elif self.store is not None:
             seen = self._accept(req)
             if seen is not None:
                 return seen
@@ -486,12 +495,45 @@ class Router:
         blockers = self._blockers(cloud, estimate)
         if blockers:
             return self._fallback(req, blockers, retryable=True, estimate=estimate)
+        self._write_ahead(req, cloud, offload)
         sent = self._send(cloud, offload)
         if isinstance(sent, _NotSent):
+            self._close_in_flight(req, f"not sent: {sent.reason}")
             return self._fallback(req, [sent.reason], retryable=sent.retryable, estimate=estimate)
         reply, reservation, cost = sent
         outcome = OffloadOutcome(reply, self._verify_reply(reply, req.specs, req.choice))
         return self._offloaded(req, outcome, reservation, cost)
+
+    def _write_ahead(self, req: _Request, cloud: Cloud, offload: OffloadRequest) -> None:
+        """An outbox row, durable before the call goes out and marked sent
+        before any tool runs. After a crash, a request still ``running`` whose
+        row is pending was cut off before its reply was used, so it may be
+        retried (same idempotency key) without running anything twice. The row
+        is parked a day ahead: the drainer never sends it itself."""
+        if self.store is None or req.request_id is None:
+            return
+        payload = {
+            "request": json.loads(request_to_wire(offload)),
+            "execute": req.execute,
+            "source": req.source,
+            "in_flight": True,
+        }
+        outbox = self.store.outbox
+        for old in outbox.for_request(req.request_id):
+            if old.state == "pending" and old.payload.get("in_flight"):
+                outbox.mark_failed(old.id, "cut off by a restart; sent again with the same key")
+        req.in_flight = outbox.add(req.request_id, cloud.route.split(":")[1], payload)
+        outbox.postpone(req.in_flight, "in flight", self._clock() + IN_FLIGHT_PARK_S)
+
+    def _close_in_flight(self, req: _Request, reason: str | None) -> None:
+        """Settle the write-ahead row: sent (None) or failed (the reason)."""
+        if self.store is None or req.in_flight is None:
+            return
+        if reason is None:
+            self.store.outbox.mark_sent(req.in_flight)
+        else:
+            self.store.outbox.mark_failed(req.in_flight, reason)
+        req.in_flight = None
 
     def _blockers(self, cloud: Cloud, estimate: float) -> list[str]:
         """Why a call cannot go out now; empty when it can (the breaker's
@@ -546,9 +588,11 @@ class Router:
         if outcome.valid:
             reason = prefix
             calls = outcome.calls
+            self._close_in_flight(req, None)  # durable before anything runs: never twice
             executions = self.execute_calls(calls) if req.execute and calls else ()
         else:
             reason = f"{prefix}; the reply failed verification: {outcome.problem}"
+            self._close_in_flight(req, reason)
             executions = ()
         decision = self._decision(route, reason, req, reservation.estimate, cost)
         result = replace(req.result, route=route) if req.result is not None else None

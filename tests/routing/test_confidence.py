@@ -232,7 +232,17 @@ def test_heuristic_is_a_documented_logistic_on_min_logprob() -> None:
     assert p(-3.0) < 0.05
     assert p(-0.01, valid=0.0) == 0.0
     assert p(-1000.0) >= 0.0
-    assert isinstance(load_confidence(None), HeuristicConfidence)
+
+
+def test_default_is_the_shipped_model_else_the_heuristic(tmp_path: Path) -> None:
+    from edge_agent.confidence import SHIPPED_MODEL, OnnxConfidence
+
+    missing = tmp_path / "none.onnx"
+    assert isinstance(load_confidence(None, shipped=missing), HeuristicConfidence)
+    assert SHIPPED_MODEL.is_file(), "models/confidence.onnx is part of the repo"
+    shipped = load_confidence(None)
+    assert isinstance(shipped, OnnxConfidence)
+    assert shipped.path == SHIPPED_MODEL
 
 
 def separable(n: int = 200, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:

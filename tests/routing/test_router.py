@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -32,16 +33,28 @@ from edge_agent.journal import Journal
 from edge_agent.ledger import SqliteLedger, SqliteOutbox
 from edge_agent.models import fetch_model, resolve_model
 from edge_agent.offload.https import HttpsOffloadSettings, HttpsTransport
+from edge_agent.offload.mqtt import MqttTransport
+from edge_agent.offload.settings import MqttOffloadSettings
 from edge_agent.registry import Registry
 from edge_agent.router import Router, RouterSettings, Store, cascade_agent_settings, cloud_for
 from edge_agent.sandbox import ProcessSandbox
 from tests.offload import conftest as offload
-from tests.offload.conftest import LLM_MODEL, Answer, LlmServer, completion, free_port, tool_call
+from tests.offload.conftest import (
+    LLM_MODEL,
+    Answer,
+    Broker,
+    LlmServer,
+    completion,
+    free_port,
+    tool_call,
+)
 
 # The offload tests' real servers, shared as fixtures of this module.
 pki = offload.pki
 llm_server = offload.llm_server
 scripted = offload.scripted
+broker = offload.broker
+run_bridge = offload.run_bridge
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -131,7 +144,7 @@ def rig(slm: LlamaEngine, registry: Registry, tmp_path: Path) -> Iterator[Callab
     state = enterable(tmp_path) / "tool-state"
 
     def build(
-        endpoint: HttpsOffloadSettings | None,
+        endpoint: HttpsOffloadSettings | MqttOffloadSettings | None,
         *,
         budget: BudgetSettings | None = None,
         link: ConnectivitySettings | None = None,
@@ -149,12 +162,17 @@ def rig(slm: LlamaEngine, registry: Registry, tmp_path: Path) -> Iterator[Callab
         opened.extend([ledger, outbox])
         cloud = None
         if endpoint is not None:
-            transport = HttpsTransport(endpoint)
+            transport: HttpsTransport | MqttTransport
+            if isinstance(endpoint, HttpsOffloadSettings):
+                transport = HttpsTransport(endpoint)
+            else:
+                transport = MqttTransport(endpoint)
             opened.append(transport)
             cloud = cloud_for(
                 transport, Budget(budget or BudgetSettings(), ledger), link, clock=clock
             )
-            assert cloud.model == endpoint.model
+            if isinstance(endpoint, HttpsOffloadSettings):
+                assert cloud.model == endpoint.model
         router = Router(
             agent,
             HeuristicConfidence(),
@@ -258,6 +276,32 @@ def test_an_unconfident_request_is_offloaded_and_verified(
     out = routed.to_json()
     assert out["route"] == "offload:https" and out["reason"] == routed.reason
     assert out["offload"]["model"] and out["decision"]["cost"]["settled"] > 0
+
+
+def test_both_routes_over_mqtt(
+    rig: Callable[..., Rig], llm_server: LlmServer, broker: Broker, run_bridge: Any
+) -> None:
+    """The same two requests through mosquitto (TLS, auth, ACL) and the
+    cloud-bridge to the real LLM: the confident one never leaves the device."""
+    bridge = run_bridge(broker.bridge_settings(llm_server.settings()))
+    r = rig(broker.device_settings("dev1", reply_timeout_s=300))
+    local = r.router.ask(CONFIDENT)
+    assert local.route == "local", local.reason
+    assert bridge.stats.answered == 0
+    routed = r.router.ask(UNCONFIDENT_ACTUATION)
+    assert routed.route == "offload:mqtt", routed.reason
+    assert routed.reason.startswith("offload: p=")
+    assert routed.offload is not None and routed.offload.valid, routed.offload
+    [call] = routed.calls
+    assert call.name == "set_light"
+    assert r.actions_run() == [
+        "set_light kitchen True",
+        f"set_light {call.arguments['room']} {call.arguments['on']}",
+    ]
+    assert bridge.stats.answered == 1
+    row = r.journal.get(routed.request_id or "")
+    assert row.status == "done" and row.result is not None
+    assert row.result["route"] == "offload:mqtt"
     attempts = r.journal.attempts(routed.request_id or "")
     assert [a.record.kind for a in attempts][-1] == "offload"
     assert attempts[-1].record.cost_cloud == pytest.approx(routed.decision.cost)
@@ -439,3 +483,203 @@ def test_an_unreadable_outbox_entry_is_failed_not_retried(
     assert delivery.status == "failed" and "unreadable outbox entry" in delivery.reason
     assert r.journal.get(accepted.id).status == "failed"
     assert r.router.drain_outbox() == []
+
+
+# ---------------------------------------------------------------- the benchmark modes
+
+
+def test_bench_llm_and_cascade_modes_against_the_real_server(
+    llm_server: LlmServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bench bfcl --mode llm|cascade` through the CLI against the TLS server:
+    every item is scored, offloaded items carry the cloud's price, and the
+    cascade records what the SLM would have scored (routing quality)."""
+    import json
+
+    from edge_agent import cli
+
+    sample = Path(__file__).resolve().parent.parent / "data" / "bfcl"
+    reports = {}
+    for mode in ("llm", "cascade"):
+        out = tmp_path / f"{mode}.json"
+        argv = [
+            "bench", "bfcl", "--questions", str(sample / "BFCL_v4_simple_python.json"),
+            "--answers", str(sample / "possible_answer" / "BFCL_v4_simple_python.json"),
+            "--category", "simple_python", "--limit", "2", "--mode", mode,
+            "--model", "qwen2.5-coder-0.5b", "--threads", "1", "--no-progress",
+            "--llm-url", llm_server.base_url, "--llm-model", LLM_MODEL,
+            "--llm-token-file", str(llm_server.token_file), "--llm-ca", str(llm_server.ca_file),
+            "--threshold", "0.99", "--price", "1,2", "--json", str(out),
+        ]  # fmt: skip
+        assert cli.main(argv) == 0, capsys.readouterr().err
+        reports[mode] = json.loads(out.read_text())
+    llm, cascade = reports["llm"], reports["cascade"]
+    assert llm["offload_rate"] == 1.0 and llm["n"] == 2
+    assert all(i["route"] == "offload:https" and i["cloud_cost"] > 0 for i in llm["per_item"])
+    assert all(i["slm_correct"] is None for i in llm["per_item"])
+    for i in cascade["per_item"]:
+        assert i["features"] is not None and 0.0 <= i["p_success"] <= 1.0
+        assert isinstance(i["slm_correct"], bool)
+        assert (i["cloud_cost"] > 0) == i["route"].startswith("offload")
+    offloaded = [i for i in cascade["per_item"] if i["route"].startswith("offload")]
+    assert cascade["offload_rate"] == len(offloaded) / 2
+    assert llm["cost_per_success"] is None or llm["cost_per_success"] > 0
+
+
+# ---------------------------------------------------------------- in the daemon
+
+
+def daemon_config(llm: LlmServer | None, threshold: float, **https: Any) -> dict[str, Any]:
+    """Qwen 0.5B on one thread (the LLM server runs beside it) with offload."""
+    config: dict[str, Any] = {
+        "model": {"name": "qwen2.5-coder-0.5b", "n_threads": 1, "max_tokens": 96},
+        "server": {"drain_timeout_s": 600, "request_timeout_s": 1800},
+        "router": {"threshold": threshold},
+    }
+    if llm is not None:
+        config["offload.https"] = {
+            "base_url": llm.base_url,
+            "model": LLM_MODEL,
+            "ca_bundle": str(llm.ca_file),
+            "token_file": str(llm.token_file),
+            "read_timeout_s": 600,
+            "max_retries": 0,
+        }
+        for key, value in https.items():  # None removes a key (TOML has no null)
+            if value is None:
+                config["offload.https"].pop(key)
+            else:
+                config["offload.https"][key] = value
+    return config
+
+
+def light_request(**extra: Any) -> dict[str, Any]:
+    return {
+        "model": "qwen2.5-coder-0.5b",
+        "messages": [{"role": "user", "content": CONFIDENT}],
+        "x_edge_agent_tools": ["set_light"],
+        # not "required": llama-cpp-python's server answers HTTP 500 to it
+        "tool_choice": "auto",
+        **extra,
+    }
+
+
+@pytest.fixture
+def spawn_daemon(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    from tests.daemon.conftest import start_daemon
+
+    started: list[Any] = []
+
+    def spawn(config: dict[str, Any], **kwargs: Any) -> Any:
+        daemon = start_daemon(tmp_path, config, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield spawn
+    for daemon in started:
+        if daemon.alive() or not daemon.log_file.closed:
+            daemon.stop(signal.SIGKILL)
+
+
+def test_the_daemon_routes_api_requests(
+    llm_server: LlmServer, spawn_daemon: Callable[..., Any]
+) -> None:
+    """τ=0: a verified call stays local; τ=1: every request goes to the cloud,
+    and comes back through the API as standard tool_calls, verified."""
+    local = spawn_daemon(daemon_config(llm_server, 0.0), name="local")
+    with local.client() as client:
+        body = client.post("/v1/chat/completions", json=light_request()).json()
+    assert body["x_edge_agent"]["route"] == "local", body
+    local.stop()
+
+    cloud = spawn_daemon(daemon_config(llm_server, 1.0), name="cloud")
+    with cloud.client() as client:
+        response = client.post("/v1/chat/completions", json=light_request())
+        metrics = client.get("/metrics").text
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["x_edge_agent"]["route"] == "offload:https", body
+    [call] = body["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "set_light"
+    assert "edge_agent_budget_left_day" in metrics
+    assert 'edge_agent_routed_requests_total{route="offload:https"} 1.0' in metrics
+
+
+def test_an_unreachable_cloud_declines_an_api_read_with_the_reason(
+    spawn_daemon: Callable[..., Any], pki: Any
+) -> None:
+    """A real refused connection (nothing listens): the request is declined
+    at once, 503 with the router's reason, and journaled as such."""
+    dead = LlmServer(f"https://127.0.0.1:{free_port()}/v1", "t", Path(os.devnull), pki.ca_file)
+    daemon = spawn_daemon(daemon_config(dead, 1.0, token_file=None), name="offline")
+    with daemon.client() as client:
+        response = client.post("/v1/chat/completions", json=light_request())
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "offload_declined"
+    assert error["message"].startswith("declined: offline")
+    [row] = daemon.rows()
+    assert row["status"] == "declined" and row["reason"] == error["message"]
+
+
+def test_kill_9_during_an_offload_then_restart_completes_exactly_once(
+    llm_server: LlmServer, spawn_daemon: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The daemon dies while the cloud is answering. The write-ahead outbox
+    row shows no reply was used, so the restart sends the request again (same
+    idempotency key) and runs the actuation once."""
+    import json
+    import sqlite3
+    import time
+
+    state = tmp_path / "state"
+    first = spawn_daemon(daemon_config(llm_server, 1.0), name="first", state_dir=state)
+    request = light_request(x_edge_agent_execute=True)
+    headers = {**first.headers, "idempotency-key": "kill-9-offload"}
+    sender = threading.Thread(target=_post_quietly, args=(first.url, request, headers))
+    sender.start()
+
+    def in_flight() -> list[Any]:
+        if not first.journal.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(first.journal, timeout=10)) as db:
+            try:
+                return db.execute("SELECT state, payload FROM outbox").fetchall()
+            except sqlite3.OperationalError:
+                return []  # not created yet
+
+    deadline = time.monotonic() + 600
+    while not in_flight() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [(state_before, payload)] = in_flight()
+    assert state_before == "pending" and json.loads(payload)["in_flight"] is True
+    first.stop(signal.SIGKILL)
+    [row] = first.rows()
+    assert row["status"] == "running"  # cut off mid-offload
+
+    second = spawn_daemon(daemon_config(llm_server, 1.0), name="second", state_dir=state)
+    [done] = second.wait_rows(lambda rows: rows and rows[0]["status"] in ("done", "failed"))
+    assert done["status"] == "done", done["reason"]
+    result = json.loads(done["result"])
+    assert result["route"] == "offload:https"
+    assert [e["status"] for e in result["executions"]] == ["done"]  # ran once
+    with contextlib.closing(sqlite3.connect(second.journal, timeout=10)) as db:
+        rows = db.execute("SELECT state, last_error FROM outbox ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == ["failed", "sent"]
+    assert "cut off by a restart" in rows[0][1]
+    # The client's retry with the same key gets the stored answer, nothing reruns.
+    with second.client() as client:
+        again = client.post(
+            "/v1/chat/completions", json=request, headers={"idempotency-key": "kill-9-offload"}
+        )
+    assert again.status_code == 200
+    assert again.json()["x_edge_agent"]["request_id"] == done["id"]
+    assert [r["status"] for r in second.rows()] == ["done"]
+    sender.join(60)
+
+
+def _post_quietly(url: str, body: dict[str, Any], headers: dict[str, str]) -> None:
+    import httpx
+
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=600)
