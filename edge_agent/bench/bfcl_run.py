@@ -21,9 +21,17 @@ Metric definitions (design brief, section 3; the names never change):
   check; for relevance categories (no call to verify) it equals accuracy.
 * ``p50_s``/``p95_s``: per-item wall time, tool conversion included.
 * ``energy_j_per_request``: mean energy per item from the probe.
-* ``cost_per_success``: energy × ``kwh_price`` over all items ÷ correct items
-  (``None`` when none is correct); ``offload_rate``: share not answered
-  locally (0.0 for the local modes).
+* ``cost_per_success``: (energy × ``kwh_price`` + what the cloud charged)
+  over all items ÷ correct items (``None`` when none is correct).
+* ``offload_rate``: share answered by the cloud; ``abstain_rate``: share
+  queued or declined (0.0 for the local modes).
+* ``routing_precision``/``routing_recall`` (cascade only): of the offloaded
+  items, the share the SLM's own answer would have got wrong; of the SLM's
+  wrong answers, the share offloaded.
+
+Modes ``llm`` and ``cascade`` go through the :class:`~edge_agent.router.Router`
+with a real endpoint (see :func:`routed_solver`); the cloud's cost is its
+token price, the device's is the energy it spent waiting and deciding.
 """
 
 from __future__ import annotations
@@ -41,11 +49,13 @@ from edge_agent.agent import Agent, Result
 from edge_agent.bench.bfcl_check import Call, check_item, is_relevance_category
 from edge_agent.bench.bfcl_data import BfclItem, category_from_filename, decode_calls, load_items
 from edge_agent.calls import ParsedOutput
-from edge_agent.config import AgentSettings
+from edge_agent.confidence import ConfidenceModel, features_from_result
+from edge_agent.config import AgentSettings, RouterSettings
 from edge_agent.engine.base import Engine
 from edge_agent.errors import BenchError, InputError, SchemaError
 from edge_agent.power import EnergySample, PowerProbe, best_probe, cpu_model_name
 from edge_agent.prompts import Message
+from edge_agent.router import Cloud, Mode, RoutedResult, Router, cascade_agent_settings
 from edge_agent.schema import ToolSpec, normalize_tools
 
 CATEGORIES = frozenset(
@@ -66,9 +76,10 @@ CATEGORIES = frozenset(
 """The BFCL v4 single-turn categories with Python-typed schemas we can score."""
 
 JOULES_PER_KWH = 3.6e6
-OFFLOAD_ROUTE = "offload"
+OFFLOAD_PREFIX = "offload"
 
-Solve = Callable[[list[Message], list[ToolSpec]], Result]
+Answer = Result | RoutedResult
+Solve = Callable[[list[Message], list[ToolSpec]], Answer]
 """Answers one item's messages with its tools."""
 SolverFactory = Callable[[Engine, AgentSettings, int], Solve]
 """Builds a mode's solver from the engine, the agent settings and max_tokens."""
@@ -87,11 +98,37 @@ def local_solver(constrained: bool) -> SolverFactory:
     return factory
 
 
-MODES: dict[str, SolverFactory] = {
+def routed_solver(
+    mode: Mode, cloud: Cloud, confidence: ConfidenceModel, routing: RouterSettings
+) -> SolverFactory:
+    """The router in front of a real endpoint: ``llm`` always offloads,
+    ``cascade`` answers locally when verified and P(success) ≥ τ. Tools
+    are never executed: the benchmark scores the calls."""
+
+    def factory(engine: Engine, settings: AgentSettings, max_tokens: int) -> Solve:
+        local = cascade_agent_settings(settings)
+
+        def solve(messages: list[Message], tools: list[ToolSpec]) -> Answer:
+            agent = Agent(engine, tools, local, max_tokens=max_tokens)
+            router = Router(agent, confidence, routing, cloud=cloud)
+            return router.ask(
+                messages, source="bench", tool_choice="auto", execute=False, mode=mode
+            )
+
+        return solve
+
+    return factory
+
+
+MODES: dict[str, SolverFactory | None] = {
     "slm": local_solver(constrained=True),
     "slm-nogrammar": local_solver(constrained=False),
+    "llm": None,
+    "cascade": None,
 }
-"""Mode name → solver. Routing modes (llm, cascade) are added here when they exist."""
+"""Mode name → solver; the routed modes (None here) need a cloud, so their
+solver comes from :func:`routed_solver`."""
+ROUTED_MODES = frozenset({"llm", "cascade"})
 
 
 @dataclass(frozen=True)
@@ -128,11 +165,19 @@ class ItemRecord:
     energy_j: float
     valid_at_1: bool
     exec_ok: bool
+    cloud_cost: float = 0.0
+    p_success: float | None = None
+    features: dict[str, float] | None = None
+    slm_correct: bool | None = None  # cascade: would the SLM's own answer have passed?
 
     @classmethod
     def not_run(cls, item_id: str, reason: str, latency_s: float, energy_j: float) -> ItemRecord:
         """An item the model never saw (tools we cannot accept, a prompt too long)."""
         return cls(item_id, False, "none", latency_s, None, reason, 0, 0, energy_j, False, False)
+
+    @property
+    def offloaded(self) -> bool:
+        return self.route.startswith(OFFLOAD_PREFIX)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -147,6 +192,10 @@ class ItemRecord:
             "energy_j": round(self.energy_j, 4),
             "valid_at_1": self.valid_at_1,
             "exec_ok": self.exec_ok,
+            "cloud_cost": round(self.cloud_cost, 8),
+            "p_success": None if self.p_success is None else round(self.p_success, 4),
+            "features": self.features,
+            "slm_correct": self.slm_correct,
         }
 
 
@@ -171,14 +220,30 @@ class BenchReport:
         return sum(i.energy_j for i in self.items)
 
     @property
+    def cost_total(self) -> float:
+        """Device energy at the electricity price plus what the cloud charged."""
+        energy = self.energy_j_total / JOULES_PER_KWH * self.options.kwh_price
+        return energy + sum(i.cloud_cost for i in self.items)
+
+    @property
     def cost_per_success(self) -> float | None:
         correct = sum(1 for i in self.items if i.correct)
-        cost = self.energy_j_total / JOULES_PER_KWH * self.options.kwh_price
-        return cost / correct if correct else None
+        return self.cost_total / correct if correct else None
+
+    def routing_quality(self) -> tuple[float | None, float | None]:
+        """(precision, recall) of the offload decision against the SLM's own
+        score; None where the run has no such items."""
+        judged = [i for i in self.items if i.slm_correct is not None]
+        sent = [i for i in judged if i.offloaded]
+        wrong = [i for i in judged if not i.slm_correct]
+        precision = sum(1 for i in sent if not i.slm_correct) / len(sent) if sent else None
+        recall = sum(1 for i in wrong if i.offloaded) / len(wrong) if wrong else None
+        return precision, recall
 
     def metrics(self) -> dict[str, Any]:
         """The fixed metric names and their values."""
         latencies = [i.latency_s for i in self.items]
+        precision, recall = self.routing_quality()
         return {
             "n": self.n,
             "accuracy": self.share(lambda i: i.correct),
@@ -187,8 +252,11 @@ class BenchReport:
             "p50_s": round(percentile(latencies, 50), 4),
             "p95_s": round(percentile(latencies, 95), 4),
             "energy_j_per_request": round(self.energy_j_total / self.n, 4) if self.n else 0.0,
-            "offload_rate": self.share(lambda i: i.route == OFFLOAD_ROUTE),
+            "offload_rate": self.share(lambda i: i.offloaded),
+            "abstain_rate": self.share(lambda i: i.route in ("queued", "declined")),
             "cost_per_success": self.cost_per_success,
+            "routing_precision": precision,
+            "routing_recall": recall,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -236,19 +304,24 @@ def load_bfcl(
     return items
 
 
-def run_bfcl(
+def run_bfcl(  # noqa: PLR0913 - keyword-only options after the inputs
     items: Sequence[BfclItem],
     engine: Engine,
     options: BenchOptions,
     *,
     probe: PowerProbe | None = None,
     on_item: Callable[[ItemRecord], None] | None = None,
+    solver: SolverFactory | None = None,
 ) -> BenchReport:
-    """Answer and score every item; ``on_item`` sees each record as it is made."""
+    """Answer and score every item; ``on_item`` sees each record as it is made.
+    The routed modes need ``solver`` (from :func:`routed_solver`)."""
     options.check()
     probe = probe or best_probe()
     settings = AgentSettings(parallel_calls=options.parallel)
-    solve = MODES[options.mode](engine, settings, options.max_tokens)
+    factory = solver or MODES[options.mode]
+    if factory is None:
+        raise BenchError(f"mode {options.mode} needs a cloud endpoint", hint="pass --llm-url")
+    solve = factory(engine, settings, options.max_tokens)
     start, t0 = probe.sample(), time.perf_counter()
     records = []
     for item in items:
@@ -274,7 +347,7 @@ def run_item(item: BfclItem, solve: Solve, probe: PowerProbe, category: str) -> 
     return _score(item, outcome, category, latency_s, energy.joules)
 
 
-def _answer(item: BfclItem, solve: Solve) -> Result | str:
+def _answer(item: BfclItem, solve: Solve) -> Answer | str:
     """The agent's result, or why the item could not be put to the model."""
     try:
         tools = normalize_tools(item.functions) if item.functions else []
@@ -287,14 +360,20 @@ def _answer(item: BfclItem, solve: Solve) -> Result | str:
 
 
 def _score(
+    item: BfclItem, answer: Answer, category: str, latency_s: float, energy_j: float
+) -> ItemRecord:
+    if isinstance(answer, Result):
+        return _score_local(item, answer, category, latency_s, energy_j)
+    return _score_routed(item, answer, category, latency_s, energy_j)
+
+
+def _score_local(
     item: BfclItem, result: Result, category: str, latency_s: float, energy_j: float
 ) -> ItemRecord:
     calls = decoded_calls(result.final.parsed)
     check = check_item(category, item.functions, calls, item.ground_truth)
     first, final = result.attempts[0], result.final
-    valid_at_1 = first.valid and (first.parsed.is_call or "irrelevance" in category)
     verified = final.valid and final.parsed.is_call
-    exec_ok = check.correct and (verified or is_relevance_category(category))
     return ItemRecord(
         id=item.id,
         correct=check.correct,
@@ -305,8 +384,47 @@ def _score(
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
         energy_j=energy_j,
+        valid_at_1=first.valid and (first.parsed.is_call or "irrelevance" in category),
+        exec_ok=check.correct and (verified or is_relevance_category(category)),
+        features=features_from_result(result).to_json(),
+    )
+
+
+def _score_routed(
+    item: BfclItem, routed: RoutedResult, category: str, latency_s: float, energy_j: float
+) -> ItemRecord:
+    calls = decoded_calls(routed.final_parsed)
+    check = check_item(category, item.functions, calls, item.ground_truth)
+    local = routed.result
+    prompt, completion = (local.prompt_tokens, local.completion_tokens) if local else (0, 0)
+    if routed.offload is not None:
+        prompt += routed.offload.reply.prompt_tokens
+        completion += routed.offload.reply.completion_tokens
+    if local is not None:
+        first = local.attempts[0]
+        valid_at_1 = first.valid and (first.parsed.is_call or "irrelevance" in category)
+        slm_calls = decoded_calls(local.final.parsed) if local.final.valid else None
+        slm_check = check_item(category, item.functions, slm_calls, item.ground_truth)
+        slm_correct: bool | None = slm_check.correct
+    else:  # llm mode: the cloud's reply is the first output
+        valid_at_1 = routed.offload is not None and routed.offload.valid
+        slm_correct = None
+    return ItemRecord(
+        id=item.id,
+        correct=check.correct,
+        route=routed.route,
+        latency_s=latency_s,
+        calls=calls,
+        reason=check.reason if routed.route != "declined" else routed.reason,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        energy_j=energy_j,
         valid_at_1=valid_at_1,
-        exec_ok=exec_ok,
+        exec_ok=check.correct and (bool(routed.calls) or is_relevance_category(category)),
+        cloud_cost=routed.decision.cost or 0.0,
+        p_success=routed.decision.p,
+        features=routed.features.to_json() if routed.features else None,
+        slm_correct=slm_correct,
     )
 
 
@@ -361,6 +479,7 @@ def summary_table(report: BenchReport) -> str:
         ("p95 latency (s)", f"{m['p95_s']:.3f}"),
         ("energy/request (J)", f"{m['energy_j_per_request']:.3f}"),
         ("offload rate", f"{m['offload_rate']:.3f}"),
+        ("abstain rate", f"{m['abstain_rate']:.3f}"),
         ("cost/success", "n/a" if cps is None else f"{cps:.3g} @ {report.options.kwh_price}/kWh"),
         ("energy source", report.energy.source),
     ]

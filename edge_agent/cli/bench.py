@@ -10,6 +10,7 @@ reported before the model is loaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.errors import BenchError
 
 if TYPE_CHECKING:
-    from edge_agent.bench.bfcl_run import ItemRecord
+    from edge_agent.bench.bfcl_run import ItemRecord, SolverFactory
 
 
 def register(subparsers: Any) -> None:
@@ -32,21 +33,50 @@ def register(subparsers: Any) -> None:
     p.add_argument("--answers", type=Path, metavar="FILE", help="the possible_answer file")
     p.add_argument("--category", required=True, metavar="NAME", help="e.g. simple_python")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
+    p.add_argument("--skip", type=int, default=0, metavar="N", help="skip the first N questions")
     p.add_argument("--mode", default="slm", metavar="|".join(MODES), help="default: slm")
     p.add_argument("--model", metavar="NAME|PATH", help="manifest name or .gguf path")
     p.add_argument("--threads", type=int, metavar="N", help="llama.cpp threads")
+    p.add_argument(
+        "--engine",
+        choices=("gbnf", "llguidance"),
+        default="gbnf",
+        help="grammar engine: llama.cpp GBNF sampler (default) or llguidance masks",
+    )
+    p.add_argument(
+        "--no-ff", action="store_true", help="llguidance: sample forced tokens one by one"
+    )
     p.add_argument("--parallel", default="on", metavar="on|off", help="allow several calls")
     p.add_argument("--kwh-price", type=float, default=0.30, metavar="PRICE", help="per kWh")
     p.add_argument(
         "--power", default="auto", metavar="SOURCE", help="auto|rapl|hwmon|cpu-model[:PROFILE]"
     )
+    routed = p.add_argument_group("llm and cascade modes (a real OpenAI-compatible endpoint)")
+    routed.add_argument("--llm-url", metavar="URL", help="base URL, e.g. https://host/v1")
+    routed.add_argument("--llm-model", metavar="NAME", help="model name to ask for")
+    routed.add_argument("--llm-token-file", type=Path, metavar="FILE", help="bearer token (0600)")
+    routed.add_argument("--llm-ca", type=Path, metavar="FILE", help="CA bundle for the endpoint")
+    routed.add_argument("--threshold", type=float, metavar="TAU", help="cascade τ (default 0.6)")
+    routed.add_argument(
+        "--confidence", type=Path, metavar="FILE", help="ONNX confidence model (default: shipped)"
+    )
+    routed.add_argument(
+        "--price", default="0.15,0.60", metavar="IN,OUT", help="cloud price per 1M tokens"
+    )
     p.add_argument("--json", type=Path, metavar="OUT", help="write the full report here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(handler=run_bfcl_command)
+    _add_ablation(kinds)
 
 
 def run_bfcl_command(args: argparse.Namespace) -> int:
-    from edge_agent.bench.bfcl_run import BenchOptions, load_bfcl, run_bfcl, summary_table
+    from edge_agent.bench.bfcl_run import (
+        ROUTED_MODES,
+        BenchOptions,
+        load_bfcl,
+        run_bfcl,
+        summary_table,
+    )
     from edge_agent.power import best_probe
 
     options = BenchOptions(
@@ -56,17 +86,158 @@ def run_bfcl_command(args: argparse.Namespace) -> int:
         kwh_price=args.kwh_price,
     )
     options.check()
-    items = load_bfcl(args.questions, args.answers, options.category, args.limit)
-    probe = best_probe(args.power)
-    from edge_agent.engine.llama import load_engine
+    if args.no_ff and args.engine != "llguidance":
+        raise BenchError("--no-ff only applies to --engine llguidance")
+    if args.skip < 0:
+        raise BenchError(f"--skip must be at least 0, got {args.skip}")
+    limit = None if args.limit is None else args.limit + args.skip
+    items = load_bfcl(args.questions, args.answers, options.category, limit)[args.skip :]
+    if not items:
+        raise BenchError(f"--skip {args.skip} leaves no questions")
+    with contextlib.ExitStack() as closing:
+        solver = _routed_solver(args, closing) if options.mode in ROUTED_MODES else None
+        probe = best_probe(args.power)
+        from edge_agent.engine.llama import load_engine
 
-    engine = load_engine(args.model, n_threads=args.threads)
-    with _ProgressBar(len(items), args.no_progress) as update:
-        report = run_bfcl(items, engine, options, probe=probe, on_item=update)
+        engine = load_engine(args.model, n_threads=args.threads, engine=args.engine)
+        if args.no_ff:
+            from edge_agent.engine.guided import GuidedLlamaEngine
+
+            assert isinstance(engine, GuidedLlamaEngine)  # checked before loading
+            engine = engine.with_options(fast_forward=False)
+        with _ProgressBar(len(items), args.no_progress) as update:
+            report = run_bfcl(items, engine, options, probe=probe, on_item=update, solver=solver)
     if args.json is not None:
         _write_json(args.json, report.to_json())
     print(summary_table(report))
     return 0
+
+
+def _routed_solver(args: argparse.Namespace, closing: contextlib.ExitStack) -> SolverFactory:
+    """The router for ``llm``/``cascade`` over the endpoint in the flags."""
+    from edge_agent.bench.cloud import Endpoint, parse_price, routed_solver_for
+
+    if args.llm_url is None:
+        raise BenchError(f"mode {args.mode} needs --llm-url", hint="an OpenAI-compatible …/v1 URL")
+    endpoint = Endpoint(args.llm_url, args.llm_model, args.llm_token_file, args.llm_ca)
+    return routed_solver_for(
+        "llm" if args.mode == "llm" else "cascade",
+        endpoint,
+        closing=closing,
+        price=parse_price(args.price),
+        threshold=args.threshold,
+        confidence=args.confidence,
+    )
+
+
+def _add_ablation(kinds: Any) -> None:
+    from edge_agent.bench.ablation import MODES, TUNING
+
+    p = kinds.add_parser("ablation", help="the paper's table: LLM, SLM ± schema, cascade")
+    p.add_argument("--bfcl", type=Path, required=True, metavar="DIR", help="BFCL v4 folder")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="reports go here")
+    p.add_argument("--categories", default=",".join(TUNING), metavar="A,B", help="tuning only")
+    p.add_argument("--modes", default=",".join(MODES), metavar="A,B")
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="items per category")
+    p.add_argument("--model", metavar="NAME|PATH", help="the SLM (default: the default model)")
+    p.add_argument("--llm", default="qwen2.5-coder-1.5b", metavar="NAME|PATH", help="stand-in")
+    p.add_argument("--llm-url", metavar="URL", help="a real endpoint instead of the stand-in")
+    p.add_argument("--llm-model", metavar="NAME")
+    p.add_argument("--llm-token-file", type=Path, metavar="FILE")
+    p.add_argument("--llm-ca", type=Path, metavar="FILE")
+    p.add_argument("--threads", type=int, metavar="N", help="llama.cpp threads")
+    p.add_argument("--threshold", type=float, metavar="TAU", help="cascade τ (default 0.6)")
+    p.add_argument("--confidence", type=Path, metavar="FILE", help="ONNX confidence model")
+    p.add_argument("--price", default="0.15,0.60", metavar="IN,OUT", help="per 1M tokens")
+    p.add_argument("--kwh-price", type=float, default=0.30, metavar="PRICE", help="per kWh")
+    p.add_argument("--lock", type=Path, metavar="FILE", help="flock FILE around each run")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the summary")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(handler=run_ablation_command)
+
+
+def run_ablation_command(args: argparse.Namespace) -> int:
+    from edge_agent.bench.ablation import (
+        AblationOptions,
+        markdown,
+        run_missing,
+        summarise,
+        write_outputs,
+    )
+    from edge_agent.bench.cloud import parse_price
+
+    options = AblationOptions(
+        bfcl=args.bfcl,
+        out=args.out,
+        categories=[c for c in args.categories.split(",") if c],
+        modes=[m for m in args.modes.split(",") if m],
+        limit=args.limit,
+        kwh_price=args.kwh_price,
+    )
+    options.check()
+    price = parse_price(args.price)
+    if options.todo() and not args.report_only:
+        run_missing(options, _ablation_runner(args, options, price), lock=args.lock)
+    summary = summarise(options)
+    paths = write_outputs(summary, options.out)
+    print(markdown(summary), end="")
+    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
+
+
+def _ablation_runner(
+    args: argparse.Namespace, options: Any, price: tuple[float, float]
+) -> Callable[[str, str], dict[str, Any]]:
+    """Runs one (category, mode); the SLM and the cloud are opened on first use
+    and kept for the process (an ExitStack closes the stand-in at exit)."""
+    import atexit
+    import contextlib
+
+    from edge_agent.bench.bfcl_run import ROUTED_MODES, BenchOptions, load_bfcl, run_bfcl
+    from edge_agent.bench.cloud import Endpoint, routed_solver_for, standin_llm
+    from edge_agent.engine.llama import load_engine
+    from edge_agent.power import best_probe
+
+    stack = contextlib.ExitStack()
+    atexit.register(stack.close)
+    engine = load_engine(args.model, n_threads=args.threads)
+    probe = best_probe()
+    cloud: list[Endpoint] = []
+
+    def endpoint() -> Endpoint:
+        if not cloud:
+            if args.llm_url is not None:
+                cloud.append(
+                    Endpoint(args.llm_url, args.llm_model, args.llm_token_file, args.llm_ca)
+                )
+            else:
+                threads = args.threads or engine.n_threads
+                cloud.append(stack.enter_context(standin_llm(args.llm, threads)))
+        return cloud[0]
+
+    def run_one(category: str, mode: str) -> dict[str, Any]:
+        items = load_bfcl(
+            options.questions(category), options.answers(category), category, options.limit
+        )
+        solver = None
+        if mode in ROUTED_MODES:
+            solver = routed_solver_for(
+                "llm" if mode == "llm" else "cascade",
+                endpoint(),
+                closing=stack,
+                price=price,
+                threshold=args.threshold,
+                confidence=args.confidence,
+            )
+        bench = BenchOptions(category=category, mode=mode, kwh_price=options.kwh_price)
+        with _ProgressBar(len(items), args.no_progress) as update:
+            report = run_bfcl(items, engine, bench, probe=probe, on_item=update, solver=solver)
+        data = report.to_json()
+        data["llm"] = (args.llm_model or args.llm) if mode in ROUTED_MODES else None
+        print(f"{category} {mode}: accuracy {data['accuracy']:.3f}", file=sys.stderr)
+        return data
+
+    return run_one
 
 
 def _on_off(flag: str, value: str) -> bool:
