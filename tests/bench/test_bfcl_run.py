@@ -19,6 +19,7 @@ from edge_agent.bench.bfcl_data import BfclItem, load_items
 from edge_agent.bench.bfcl_run import (
     CATEGORIES,
     MODES,
+    ROUTED_MODES,
     BenchOptions,
     BenchReport,
     load_bfcl,
@@ -35,6 +36,7 @@ SAMPLE_CATEGORIES = [
     "simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple",
 ]  # fmt: skip
 LIMIT = 2
+LOCAL_MODES = [m for m in MODES if m not in ROUTED_MODES]  # the routed ones: tests/routing
 FIXED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "n": int,
     "accuracy": float,
@@ -118,7 +120,7 @@ def assert_types(record: dict[str, Any], fields: dict[str, type | tuple[type, ..
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", LOCAL_MODES)
 @pytest.mark.parametrize("category", SAMPLE_CATEGORIES)
 def test_report_has_every_fixed_field(bench, category: str, mode: str) -> None:
     report, _ = bench(category, mode)
@@ -138,7 +140,7 @@ def test_report_has_every_fixed_field(bench, category: str, mode: str) -> None:
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", LOCAL_MODES)
 @pytest.mark.parametrize("category", SAMPLE_CATEGORIES)
 def test_per_item_calls_rescore_to_the_same_verdict(bench, category: str, mode: str) -> None:
     report, items = bench(category, mode)
@@ -151,7 +153,7 @@ def test_per_item_calls_rescore_to_the_same_verdict(bench, category: str, mode: 
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", LOCAL_MODES)
 @pytest.mark.parametrize("category", SAMPLE_CATEGORIES)
 def test_metrics_agree_with_the_records(bench, category: str, mode: str) -> None:
     report, _ = bench(category, mode)
@@ -205,14 +207,15 @@ def test_percentile() -> None:
 
 def test_sample_categories_are_known() -> None:
     assert set(SAMPLE_CATEGORIES) <= CATEGORIES
-    assert set(MODES) == {"slm", "slm-nogrammar"}
+    assert set(MODES) == {"slm", "slm-nogrammar", "llm", "cascade"}
+    assert {m for m, solver in MODES.items() if solver is None} == ROUTED_MODES
 
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
         ({"category": "simple_java"}, "unknown category 'simple_java'"),
-        ({"mode": "cascade"}, "unknown mode 'cascade'"),
+        ({"mode": "chess"}, "unknown mode 'chess'"),
         ({"kwh_price": -1.0}, "price must be >= 0"),
     ],
 )
@@ -220,6 +223,11 @@ def test_options_are_checked(kwargs: dict[str, Any], needle: str) -> None:
     options = BenchOptions(**{"category": "simple_python", **kwargs})
     with pytest.raises(BenchError, match=needle):
         options.check()
+
+
+def test_a_routed_mode_needs_its_solver() -> None:
+    with pytest.raises(BenchError, match="needs a cloud endpoint"):
+        run_bfcl([], None, BenchOptions(category="simple_python", mode="cascade"))  # type: ignore[arg-type]
 
 
 def test_load_bfcl_checks_before_a_long_run(tmp_path: Path) -> None:
