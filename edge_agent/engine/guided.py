@@ -189,7 +189,11 @@ def _split_literal(value: str, special: Callable[[str], bool]) -> Any:
             continue
         if match.start() > pos:
             parts.append(g2l.LiteralNode(value[pos : match.start()]))
-        parts.append(_SpecialToken(match.group()))
+        # The tag as its special token, or spelled out: the model sometimes
+        # starts `<` + `tool` + ... where its best token is the plain `<`, and
+        # the GBNF engine (which only sees text) accepts that too.
+        tag = match.group()
+        parts.append(g2l.AlternativeNode([_SpecialToken(tag), g2l.LiteralNode(tag)]))
         pos = match.end()
     if not parts:
         return g2l.LiteralNode(value)
