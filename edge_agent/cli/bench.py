@@ -177,7 +177,8 @@ def run_ablation_command(args: argparse.Namespace) -> int:
     options.check()
     price = parse_price(args.price)
     if options.todo() and not args.report_only:
-        run_missing(options, _ablation_runner(args, options, price), lock=args.lock)
+        with contextlib.ExitStack() as closing:  # the stand-in and the HTTPS pools
+            run_missing(options, _ablation_runner(args, options, price, closing), lock=args.lock)
     summary = summarise(options)
     paths = write_outputs(summary, options.out)
     print(markdown(summary), end="")
@@ -186,20 +187,18 @@ def run_ablation_command(args: argparse.Namespace) -> int:
 
 
 def _ablation_runner(
-    args: argparse.Namespace, options: Any, price: tuple[float, float]
+    args: argparse.Namespace,
+    options: Any,
+    price: tuple[float, float],
+    stack: contextlib.ExitStack,
 ) -> Callable[[str, str], dict[str, Any]]:
-    """Runs one (category, mode); the SLM and the cloud are opened on first use
-    and kept for the process (an ExitStack closes the stand-in at exit)."""
-    import atexit
-    import contextlib
-
+    """Runs one (category, mode); the SLM is loaded once, the cloud opened on
+    first use, and ``stack`` closes it when the runs are done."""
     from edge_agent.bench.bfcl_run import ROUTED_MODES, BenchOptions, load_bfcl, run_bfcl
     from edge_agent.bench.cloud import Endpoint, routed_solver_for, standin_llm
     from edge_agent.engine.llama import load_engine
     from edge_agent.power import best_probe
 
-    stack = contextlib.ExitStack()
-    atexit.register(stack.close)
     engine = load_engine(args.model, n_threads=args.threads)
     probe = best_probe()
     cloud: list[Endpoint] = []
