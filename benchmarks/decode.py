@@ -593,4 +593,7 @@ def _print_headline(summary: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except EdgeAgentError as exc:  # a bad path or file: one line, not a traceback
+        sys.exit(f"decode.py: {exc}")

@@ -30,6 +30,7 @@ from edge_agent.prompts import (
     Message,
     build_prompt,
     repair_message,
+    system_text,
     tool_result_message,
     user_message,
 )
@@ -303,6 +304,12 @@ class Agent:
         )
         return build_grammar(specs, options)
 
+    def system(self, specs: Sequence[ToolSpec], allow_text: bool) -> str | None:
+        """The system text this agent puts ahead of ``specs``; a prefix cache
+        must use the same text to match the prompts."""
+        may_decline = bool(specs) and allow_text and self.settings.decline_hint
+        return system_text(self.settings.system_prompt, may_decline=may_decline)
+
     def _attempt(
         self,
         kind: AttemptKind,
@@ -312,7 +319,7 @@ class Agent:
         allow_text: bool,
     ) -> Attempt:
         prompt = build_prompt(
-            self.engine.chat_template, messages, specs, system=self.settings.system_prompt
+            self.engine.chat_template, messages, specs, system=self.system(specs, allow_text)
         )
         generation = self.engine.generate(prompt, grammar=grammar, max_tokens=self.max_tokens)
         parsed = parse_output(generation.text)

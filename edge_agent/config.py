@@ -74,6 +74,10 @@ class AgentSettings(BaseModel):
         description="model turns per request: 1 = call only; more = results go back to the model",
     )
     system_prompt: str | None = Field(None, description="extra system instructions")
+    decline_hint: bool = Field(
+        True,
+        description="with tool_choice auto, tell the model it may answer in text when no tool fits",
+    )
 
 
 def _queue_sources() -> list[SourceName]:

@@ -13,6 +13,7 @@ from edge_agent.prompts import (
     NO_TOOL_HINT,
     build_prompt,
     repair_message,
+    system_text,
     tool_block,
     tool_result_message,
     user_message,
@@ -213,3 +214,10 @@ def test_tool_block_lists_one_json_line_per_tool() -> None:
     assert block.startswith("# Tools\n")
     assert '{"name": <function-name>, "arguments": <args-json-object>}' in block
     assert [json.loads(line) for line in tools_lines(block)] == [t.to_openai() for t in TOOLS]
+
+
+def test_the_decline_hint_joins_the_users_system_text() -> None:
+    assert system_text(None, may_decline=False) is None
+    assert system_text("Be brief.", may_decline=False) == "Be brief."
+    assert system_text(None, may_decline=True) == NO_TOOL_HINT
+    assert system_text("Be brief.", may_decline=True) == f"Be brief.\n\n{NO_TOOL_HINT}"
