@@ -75,6 +75,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
 from edge_agent.config import state_dir
 from edge_agent.errors import EdgeAgentError, InputError, JournalError, StateConflictError
 
@@ -695,12 +697,13 @@ def _since(since: float | None) -> float:
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of ascending values: always a
-    value that was observed; ``None`` for no values."""
+    """Nearest-rank percentile (q in 0..100): always a latency that was
+    observed, which is what an operator reading ``/metrics`` expects. The
+    benchmarks interpolate instead (``bench.bfcl_run.percentile``), the usual
+    choice for comparing runs; on small samples the two differ."""
     if not sorted_values:
         return None
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
+    return float(np.percentile(sorted_values, q, method="inverted_cdf"))
 
 
 def _stats(db: sqlite3.Connection, since: float | None) -> Stats:

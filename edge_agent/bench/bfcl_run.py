@@ -45,6 +45,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_agent.agent import Agent, Result
 from edge_agent.bench.bfcl_check import Call, check_item, is_relevance_category
 from edge_agent.bench.bfcl_data import BfclItem, category_from_filename, decode_calls, load_items
@@ -440,14 +442,10 @@ def decoded_calls(parsed: ParsedOutput) -> list[Call] | None:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default); 0 if empty."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+    """Interpolated percentile (q in 0..100, numpy's default method), the
+    usual choice for comparing benchmark runs; 0 if empty. The journal's
+    ``/metrics`` use nearest rank instead (``journal.percentile``)."""
+    return float(np.percentile(values, q)) if len(values) else 0.0
 
 
 def machine_info(engine: Engine | None = None) -> dict[str, Any]:
