@@ -19,11 +19,13 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from edge_agent.calls import ParsedOutput, ToolCall, parse_output
 from edge_agent.config import AgentSettings
 from edge_agent.engine.base import Engine, Generation
+from edge_agent.engine.prefix_cache import PrefixCache, WarmPrefix
 from edge_agent.errors import InputError
 from edge_agent.grammar import Grammar, GrammarOptions, build_grammar
 from edge_agent.prompts import (
@@ -37,6 +39,7 @@ from edge_agent.prompts import (
 from edge_agent.ratelimit import RateLimiter
 from edge_agent.registry import Registry, Tool, validate_args
 from edge_agent.schema import ToolSpec
+from edge_agent.tool_select import select_tools
 from edge_agent.verify import Rule, Verdict, verify_output
 
 AttemptKind = Literal["initial", "repair"]
@@ -173,6 +176,15 @@ def _attempt_json(attempt: Attempt) -> dict[str, Any]:
     }
 
 
+def system_for(
+    settings: AgentSettings, specs: Sequence[ToolSpec], *, allow_text: bool
+) -> str | None:
+    """The system text an agent puts ahead of ``specs``. A prefix cache that
+    warms the tool block must render the same text, or no prompt matches it."""
+    may_decline = bool(specs) and allow_text and settings.decline_hint
+    return system_text(settings.system_prompt, may_decline=may_decline)
+
+
 class Agent:
     """Turns a request into verified tool calls with a local model, and runs
     them in a sandbox when one is given."""
@@ -239,7 +251,7 @@ class Agent:
         self, messages: list[Message], choice: str, constrained: bool, step: int
     ) -> list[Attempt]:
         """The initial attempt and up to ``repair_attempts`` repairs."""
-        specs = self._offered(choice)
+        specs = self._offered(choice, messages)
         grammar = self._grammar(specs, choice) if constrained else None
         allow_text = choice in ("auto", "none")
         attempt = self._attempt("initial", messages, specs, grammar, allow_text)
@@ -285,10 +297,10 @@ class Agent:
     def _confirmed(self, call: ToolCall, tool: Tool) -> bool:
         return self.confirm is not None and bool(self.confirm(call, tool))
 
-    def _offered(self, choice: str) -> list[ToolSpec]:
+    def _offered(self, choice: str, messages: Sequence[Message]) -> list[ToolSpec]:
         specs = self.specs
         if choice in ("auto", "required", "none"):
-            return [] if choice == "none" else specs
+            return [] if choice == "none" else self._selected(specs, messages)
         named = [s for s in specs if s.name == choice]
         if not named:
             raise InputError(f"tool_choice names unknown tool {choice!r}")
@@ -304,11 +316,34 @@ class Agent:
         )
         return build_grammar(specs, options)
 
+    def _selected(self, specs: list[ToolSpec], messages: Sequence[Message]) -> list[ToolSpec]:
+        """All tools, or past ``select_tools_above`` the best BM25 matches for
+        the user's last message: a long tool block is slow to read, and small
+        models choose worse among many tools."""
+        users = [m for m in messages if m.get("role") == "user"]
+        query = str(users[-1].get("content") or "") if users else ""
+        k, above = self.settings.select_tools_k, self.settings.select_tools_above
+        return select_tools(query, specs, k=k, max_tools=above)
+
+    def warm(self, folder: Path, *, tool_choice: str | None = None) -> WarmPrefix | None:
+        """Make the system prompt and tool block of a request with this
+        agent's tools resident in the KV cache, from ``folder`` when an earlier
+        process saved it, else by reading it once and saving it there. None
+        when there is nothing stable to warm: no llama.cpp engine, no tools, a
+        named tool, or tools selected per request."""
+        llm = getattr(self.engine, "llama", None)
+        choice = tool_choice or self.settings.tool_choice
+        specs = self.specs
+        if llm is None or not specs or choice not in ("auto", "required"):
+            return None
+        if len(specs) > self.settings.select_tools_above:
+            return None
+        system = self.system(specs, allow_text=choice == "auto")
+        return PrefixCache(folder).warm_tools(llm, self.engine.chat_template, specs, system=system)
+
     def system(self, specs: Sequence[ToolSpec], allow_text: bool) -> str | None:
-        """The system text this agent puts ahead of ``specs``; a prefix cache
-        must use the same text to match the prompts."""
-        may_decline = bool(specs) and allow_text and self.settings.decline_hint
-        return system_text(self.settings.system_prompt, may_decline=may_decline)
+        """The system text ahead of ``specs``; see :func:`system_for`."""
+        return system_for(self.settings, specs, allow_text=allow_text)
 
     def _attempt(
         self,

@@ -54,6 +54,13 @@ class ModelSettings(BaseModel):
             "llguidance = llguidance token masks with fast-forward of forced tokens"
         ),
     )
+    prefix_cache: bool = Field(
+        True,
+        description=(
+            "daemon: keep the KV state of the system prompt and tool block on disk "
+            "(state dir, kv/), so a restart does not read the tool block again"
+        ),
+    )
 
 
 class AgentSettings(BaseModel):
@@ -78,6 +85,12 @@ class AgentSettings(BaseModel):
         True,
         description="with tool_choice auto, tell the model it may answer in text when no tool fits",
     )
+    select_tools_above: int = Field(
+        24,
+        ge=1,
+        description="with more tools than this, offer only the select_tools_k best matches (BM25)",
+    )
+    select_tools_k: int = Field(6, ge=1, description="how many tools a selection keeps")
 
 
 def _queue_sources() -> list[SourceName]:

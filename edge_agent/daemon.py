@@ -48,9 +48,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import uvicorn
 
 from edge_agent.agent import Agent, Result
-from edge_agent.config import AgentSettings
+from edge_agent.config import AgentSettings, state_dir
 from edge_agent.engine.base import Engine
-from edge_agent.errors import BusyError, ConfigError, EdgeAgentError, InputError
+from edge_agent.errors import BusyError, ConfigError, EdgeAgentError, EngineError, InputError
 from edge_agent.journal import Energy, Journal, RequestRow, Source, attempt_records
 from edge_agent.power import EnergySample, best_probe
 from edge_agent.ratelimit import RateLimiter
@@ -664,6 +664,24 @@ def build_registry(config: EdgeAgentConfig) -> Registry:
     return Registry.from_dirs(*config.tools_dirs, builtin=BUILTIN_TOOLS_DIR.is_dir())
 
 
+def warm_tool_block(engine: Engine, registry: Registry, config: EdgeAgentConfig) -> None:
+    """Read the registry's tool block before the first request, or restore it
+    from an earlier start; a failure costs only the first request's time."""
+    if not config.model.prefix_cache:
+        return
+    agent = Agent(engine, registry, config.agent)
+    try:
+        warm = agent.warm(state_dir() / "kv")
+    except (EngineError, OSError) as exc:
+        log.warning("tool block: not cached: %s", exc)
+        return
+    if warm is None:
+        log.info("tool block: not cached (tools selected per request, or no tools)")
+        return
+    how = {"disk": "restored from disk", "computed": "read and saved", "memory": "resident"}
+    log.info("tool block: %d tokens, %s, %.2f s", warm.n_tokens, how[warm.source], warm.seconds)
+
+
 def listen(host: str, port: int) -> socket.socket:
     """Bind the API socket before the (slow) model load, so a busy port fails fast."""
     try:
@@ -697,7 +715,6 @@ class _Server(uvicorn.Server):
 
 def main(load: Loader, app_factory: AppFactory) -> int:
     """The process: check the config, bind, load the model once, serve."""
-    from edge_agent.config import state_dir
     from edge_agent.engine.llama import load_engine
     from edge_agent.sandbox import ProcessSandbox, harden_current_process
 
@@ -712,6 +729,7 @@ def main(load: Loader, app_factory: AppFactory) -> int:
             model.name, n_ctx=model.n_ctx, n_threads=model.n_threads, engine=model.engine
         )
         live = Live(config, token, registry)
+        warm_tool_block(engine, registry, config)
         # Tools that keep state (home devices, notes) share it with `edge-agent ask`.
         sandbox = ProcessSandbox(state_root=state_dir() / "tools")
         daemon = Daemon(engine, journal, live, load=load, sandbox=sandbox)

@@ -4,6 +4,7 @@ time they are needed; nothing here is a mock."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,6 +38,20 @@ def qwen() -> Iterator[LlamaEngine]:
 def smol() -> Iterator[LlamaEngine]:
     """SmolLM2-135M: fast, for tests where accuracy does not matter."""
     yield _engine("smollm2-135m")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Nothing a test runs writes to the user's state folder (journal, tool
+    state, KV cache); tests that need their own still set the variable."""
+    folder = tmp_path_factory.mktemp("state")
+    before = os.environ.get("EDGE_AGENT_STATE_DIR")
+    os.environ["EDGE_AGENT_STATE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("EDGE_AGENT_STATE_DIR", None)
+    else:
+        os.environ["EDGE_AGENT_STATE_DIR"] = before
 
 
 def run_cli(

@@ -9,6 +9,7 @@ least 90% of requests. The same prompts drive benchmarks/ask_latency.py.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,22 @@ def test_cli_runs_the_call_in_the_sandbox(tmp_path) -> None:
     assert first["result"]["on"] is True and first["result"]["room"] == "kitchen"
     state = json.loads((tmp_path / "tools" / "home" / "device_state.json").read_text())
     assert state  # the light's new state outlived the call's private folder
+
+
+def test_a_second_ask_restores_the_tool_block_from_disk(tmp_path: Path) -> None:
+    """A one-shot `ask` spends most of its time reading the 12 tools'
+    definitions; the first run saves their KV state and the next restores it,
+    with the same answer and a much shorter prefill."""
+    import os
+
+    env = {**os.environ, "EDGE_AGENT_STATE_DIR": str(tmp_path)}
+    runs = []
+    for _ in range(2):
+        proc = run_cli("ask", "--json", "--no-exec", "Lock the front door", env=env)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(json.loads(proc.stdout))
+    assert len(list((tmp_path / "kv").glob("*.kv"))) == 1
+    assert runs[0]["tool_calls"] == runs[1]["tool_calls"]
+    first, second = (r["prefix_cache"] for r in runs)
+    assert first["source"] == "computed" and second["source"] == "disk"
+    assert first["tokens"] == second["tokens"] > 1000  # the system prompt and 12 tools

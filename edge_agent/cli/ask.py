@@ -12,7 +12,7 @@ from typing import Any
 from edge_agent.agent import Agent, Result
 from edge_agent.calls import ToolCall
 from edge_agent.config import EdgeAgentConfig, load_config, state_dir
-from edge_agent.errors import InputError
+from edge_agent.errors import EngineError, InputError
 from edge_agent.registry import Registry, Tool, tools_from_json_file
 
 
@@ -70,14 +70,31 @@ def run(args: argparse.Namespace) -> int:
         sandbox=None if args.no_exec else _sandbox(),
         confirm=_confirmer(args.yes),
     )
+    cache = _warm(agent, args.tool_choice) if config.model.prefix_cache else None
     if args.mode != "slm":
-        return _routed(args, config, agent)
+        return _routed(args, config, agent, cache)
     result = agent.ask(args.prompt, tool_choice=args.tool_choice, execute=not args.no_exec)
-    _print(result, args.json)
+    _print(result, args.json, cache)
     return 0 if result.outcome != "invalid" else 1
 
 
-def _routed(args: argparse.Namespace, config: EdgeAgentConfig, agent: Agent) -> int:
+def _warm(agent: Agent, tool_choice: str | None) -> dict[str, Any] | None:
+    """Restore the tool block's KV state saved by an earlier ``ask`` or daemon
+    start (the daemon's folder), or save it for the next one: reading 12
+    tools' definitions is most of a one-shot ``ask``."""
+    try:
+        warm = agent.warm(state_dir() / "kv", tool_choice=tool_choice)
+    except (EngineError, OSError) as exc:  # a cache: the request still runs
+        print(f"edge-agent: note: tool block not cached: {exc}", file=sys.stderr)
+        return None
+    if warm is None:
+        return None
+    return {"source": warm.source, "tokens": warm.n_tokens, "seconds": round(warm.seconds, 3)}
+
+
+def _routed(
+    args: argparse.Namespace, config: EdgeAgentConfig, agent: Agent, cache: dict[str, Any] | None
+) -> int:
     """Cascade / LLM mode: the router decides, records and explains the route."""
     from edge_agent.budget import Budget
     from edge_agent.confidence import load_confidence
@@ -107,6 +124,8 @@ def _routed(args: argparse.Namespace, config: EdgeAgentConfig, agent: Agent) -> 
     finally:
         journal.close()
     out = routed.to_json()
+    if cache is not None:
+        out["prefix_cache"] = cache
     if args.json:
         print(json.dumps(out, ensure_ascii=False, default=str))
     else:
@@ -166,9 +185,12 @@ def _registry(args: argparse.Namespace, dirs: list[Path]) -> Registry:
     return Registry.from_dirs(*dirs)
 
 
-def _print(result: Result, as_json: bool) -> None:
+def _print(result: Result, as_json: bool, cache: dict[str, Any] | None) -> None:
     if as_json:
-        print(json.dumps(result.to_json(), ensure_ascii=False))
+        out = result.to_json()
+        if cache is not None:
+            out["prefix_cache"] = cache  # where the tool block's KV state came from
+        print(json.dumps(out, ensure_ascii=False))
         return
     for call in result.calls:
         args = ", ".join(

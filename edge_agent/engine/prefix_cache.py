@@ -127,8 +127,9 @@ class PrefixCache:
     ordinary in-memory prefix match.
     """
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, *, keep: int = 8) -> None:
         self.directory = directory or default_cache_dir()
+        self.keep = keep
 
     @staticmethod
     def key(llm: Any, tokens: Sequence[int], *, tools: str = "", template: str = "") -> str:
@@ -165,6 +166,9 @@ class PrefixCache:
         if not path.is_file():
             truncate(llm, len(tokens))  # the file must hold exactly the prefix
             self._save(llm, path, tokens)
+            self._prune()
+        elif source == "disk":
+            os.utime(path)  # recently used: the last to be pruned
         return WarmPrefix(key, len(tokens), source, time.perf_counter() - start)
 
     def _restore(self, llm: Any, tokens: Sequence[int], path: Path) -> PrefixSource:
@@ -176,6 +180,14 @@ class PrefixCache:
         truncate(llm, resident)
         llm.eval(list(tokens[resident:]))
         return "computed"
+
+    def _prune(self) -> None:
+        """Keep the ``keep`` most recently used states: each is tens of MB
+        (a 0.5B model's KV for a 12-tool block is about 20 MB), and every
+        change to the tools or the model leaves one behind."""
+        states = sorted(self.directory.glob("*.kv"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in states[self.keep :]:
+            old.unlink(missing_ok=True)
 
     def _save(self, llm: Any, path: Path, tokens: Sequence[int]) -> None:
         import llama_cpp

@@ -77,7 +77,15 @@ def toml(config: dict[str, dict[str, Any]], top: dict[str, Any] | None = None) -
 
 def smol_config(**server: Any) -> dict[str, dict[str, Any]]:
     return {
-        "model": {"name": SMOL, "n_threads": 2, "max_tokens": 96, "n_ctx": 2048},
+        # prefix_cache off: each start would write a 40 MB KV file into tmp
+        # (test_a_restart_restores_the_tool_block_from_disk turns it on)
+        "model": {
+            "name": SMOL,
+            "n_threads": 2,
+            "max_tokens": 96,
+            "n_ctx": 2048,
+            "prefix_cache": False,
+        },
         # generous: other llama.cpp runs may share these 2 cores and slow decoding 50x
         "server": {"queue_size": 8, "drain_timeout_s": 600, "request_timeout_s": 1800, **server},
     }

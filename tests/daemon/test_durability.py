@@ -222,3 +222,18 @@ def test_busy_port_is_reported_before_loading_the_model(tmp_path: Path) -> None:
         )  # fmt: skip
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
+def test_a_restart_restores_the_tool_block_from_disk(spawn: Any) -> None:
+    config = smol_config()
+    config["model"]["prefix_cache"] = True
+    first = spawn(config, name="first")
+    first.stop()
+    assert "tool block:" in first.log() and "read and saved" in first.log(), first.log()
+    assert len(list((first.state_dir / "kv").glob("*.kv"))) == 1
+    second = spawn(config, state_dir=first.state_dir, name="second")
+    assert "restored from disk" in second.log(), second.log()
+    body = chat_body("Turn on the kitchen light", x_edge_agent_execute=True)
+    with second.client() as client:
+        answer = client.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text

@@ -14,7 +14,10 @@ from typing import Any
 import llguidance
 import pytest
 
+from edge_agent.agent import Agent
 from edge_agent.calls import CALL_CLOSE, CALL_OPEN, parse_output
+from edge_agent.config import AgentSettings, EdgeAgentConfig
+from edge_agent.daemon import build_registry
 from edge_agent.engine.guided import (
     DecodeStats,
     GuidedGeneration,
@@ -375,6 +378,17 @@ def test_persisted_kv_state_reloads_in_a_new_engine(smol: LlamaEngine, tmp_path:
     assert after.stats.prompt_evaluated == after.prompt_tokens - warm.n_tokens
 
 
+def test_only_the_most_recently_used_states_are_kept(tmp_path: Path) -> None:
+    import os
+
+    for i in range(5):
+        state = tmp_path / f"s{i}.kv"
+        state.write_bytes(b"x")
+        os.utime(state, (1_000_000 + i, 1_000_000 + i))
+    PrefixCache(tmp_path, keep=2)._prune()
+    assert sorted(p.name for p in tmp_path.glob("*.kv")) == ["s3.kv", "s4.kv"]
+
+
 def test_a_foreign_state_file_is_recomputed(smol: LlamaEngine, tmp_path: Path) -> None:
     cache = PrefixCache(tmp_path)
     forget_kv(smol)
@@ -429,6 +443,43 @@ def test_model_calls_the_selected_tool(qwen: LlamaEngine, guided_qwen: GuidedLla
         assert isinstance(out, GuidedGeneration) and isinstance(out.stats, DecodeStats)
         calls = parse_output(out.text).calls
         assert calls and calls[0].name == tool, out.text
+
+
+def test_the_agent_offers_only_the_selected_tools_past_its_threshold(qwen: LlamaEngine) -> None:
+    everything = Agent(qwen, HOME_TOOLS).ask("Lock the back door", execute=False)
+    settings = AgentSettings(select_tools_above=4, select_tools_k=2)
+    selected = Agent(qwen, HOME_TOOLS, settings).ask("Lock the back door", execute=False)
+    assert [c.name for c in selected.calls] == ["lock_door"]
+    # two tool definitions instead of eight: the prompt is much shorter
+    shorter = selected.final.generation.prompt_tokens / everything.final.generation.prompt_tokens
+    assert shorter < 0.6
+
+
+def test_the_agents_prompt_starts_with_the_block_it_warms(
+    smol: LlamaEngine, tmp_path: Path
+) -> None:
+    """`ask` and the daemon warm the tool block before the first request; if
+    the agent rendered a different system text, no request would reuse it (and
+    nothing would fail, it would just be slow), so the tokens are compared."""
+    config = EdgeAgentConfig.model_validate({})
+    registry = build_registry(config)
+    agent = Agent(smol, registry, config.agent)
+    forget_kv(smol)
+    warm = agent.warm(tmp_path)
+    assert warm is not None and warm.source == "computed" and warm.n_tokens > 500
+    specs = registry.specs()
+    prompt = build_prompt(
+        smol.chat_template,
+        [user_message("Turn on the kitchen light")],
+        specs,
+        system=agent.system(specs, allow_text=True),
+    )
+    tokens = smol.llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+    assert list(smol.llama.input_ids[: warm.n_tokens]) == tokens[: warm.n_tokens]
+    assert agent.warm(tmp_path).source == "memory"  # type: ignore[union-attr]
+    assert agent.warm(tmp_path, tool_choice="none") is None
+    selecting = Agent(smol, registry, AgentSettings(select_tools_above=4))
+    assert selecting.warm(tmp_path) is None  # each request has its own tool block
 
 
 def test_llguidance_version_is_recent() -> None:
