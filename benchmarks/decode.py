@@ -57,9 +57,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent.bench.bfcl_check import check_item
+from edge_agent.agent import system_for
+from edge_agent.bench.bfcl_check import check_item, is_relevance_category
 from edge_agent.bench.bfcl_data import decode_calls, load_items
+from edge_agent.bench.bfcl_run import percentile
 from edge_agent.calls import parse_output
+from edge_agent.config import AgentSettings
 from edge_agent.engine.base import Generation
 from edge_agent.engine.guided import GuidedGeneration, GuidedLlamaEngine
 from edge_agent.engine.llama import LlamaEngine
@@ -76,6 +79,8 @@ from edge_agent.schema import ToolSpec, normalize_tools
 from edge_agent.tool_select import ToolIndex
 from edge_agent.verify import verify_output
 
+AGENT = AgentSettings()
+"""Default agent settings: their system text goes ahead of every tool block."""
 ALL_MODES = ("unconstrained", "gbnf", "llg", "llg_ff", "llg_ff_scored", "llg_lazy")
 DEFAULT_MODES = "unconstrained,gbnf,llg,llg_ff"
 
@@ -166,7 +171,7 @@ def _answer_file(questions: Path, answers: Path | None) -> Path | None:
 
 def _bfcl_check(item: Any) -> Callable[[str], bool]:
     def check(text: str) -> bool:
-        if item.ground_truth is None:
+        if item.ground_truth is None and not is_relevance_category(item.category):
             return False
         parsed = parse_output(text)
         try:
@@ -239,13 +244,22 @@ class Bench:
         options = GrammarOptions(allow_text=self.tool_choice == "auto")
         return build_grammar(tools, options)
 
+    def system(self, request: Request) -> str | None:
+        """The agent's own system text, so the prompts are the daemon's."""
+        return system_for(AGENT, request.tools, allow_text=self.tool_choice == "auto")
+
     def prompt(self, request: Request) -> str:
-        return build_prompt(self.base.chat_template, request.messages, request.tools)
+        system = self.system(request)
+        return build_prompt(self.base.chat_template, request.messages, request.tools, system=system)
 
     def prefix(self, request: Request) -> list[int]:
         history = request.messages[:-1]
         return stable_prefix(
-            self.base.llama, self.base.chat_template, request.tools, history=history
+            self.base.llama,
+            self.base.chat_template,
+            request.tools,
+            system=self.system(request),
+            history=history,
         )
 
     def run(self, rset: RequestSet, modes: Sequence[str], select_k: int | None = None) -> None:
@@ -281,7 +295,9 @@ class Bench:
             self.compile(mode, grammar)
         start = time.perf_counter()
         if cache == "disk":  # a restarted process: the tool block comes from the file
-            self.kv.warm_tools(llm, self.base.chat_template, request.tools)
+            self.kv.warm_tools(
+                llm, self.base.chat_template, request.tools, system=self.system(request)
+            )
         reused = min(common_prefix_len(llm.input_ids[: llm.n_tokens], tokens), len(tokens) - 1)
         gen = engine.generate(prompt, grammar=grammar, max_tokens=self.max_tokens)
         wall = time.perf_counter() - start
@@ -306,7 +322,8 @@ class Bench:
             _make_resident(llm, prefix)
             truncate(llm, len(prefix))
         elif cache == "disk":
-            self.kv.warm_tools(llm, self.base.chat_template, request.tools)  # file exists after
+            system = self.system(request)
+            self.kv.warm_tools(llm, self.base.chat_template, request.tools, system=system)
             truncate(llm, 0)
         else:
             raise ValueError(f"unknown cache state {cache!r}")
@@ -349,15 +366,6 @@ def _make_resident(llm: Any, prefix: list[int]) -> None:
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def summarize(records: list[Record], modes: Sequence[str]) -> dict[str, Any]:
@@ -410,8 +418,8 @@ def _mode_summary(records: list[Record]) -> dict[str, Any]:
     n = len(records)
     return {
         "n": n,
-        "p50_s": percentile(walls, 0.5),
-        "p95_s": percentile(walls, 0.95),
+        "p50_s": percentile(walls, 50),
+        "p95_s": percentile(walls, 95),
         "mean_s": statistics.fmean(walls),
         "prefill_s_mean": statistics.fmean(r.prefill_s for r in records),
         "prompt_evaluated_mean": statistics.fmean(r.prompt_evaluated for r in records),
