@@ -53,6 +53,14 @@ class ModelEntry(BaseModel):
     size: int = Field(gt=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     family: str
+    constraint: Literal["hard", "lazy"] = Field(
+        "hard",
+        description=(
+            "llguidance engine: apply the tool grammar from the first token (hard) or once "
+            "the model opens a call in its own format (lazy); measured per family in "
+            "docs/constraint_strategy.md"
+        ),
+    )
     context_length: int = Field(gt=0)
     quant: str = ""
     license: str = ""

@@ -228,5 +228,6 @@ def load_engine(
     if engine == "llguidance":
         from edge_agent.engine.guided import GuidedLlamaEngine
 
-        return GuidedLlamaEngine(base)
+        lazy = resolved.entry is not None and resolved.entry.constraint == "lazy"
+        return GuidedLlamaEngine(base, lazy=lazy)
     raise ConfigError(f"unknown engine {engine!r}", hint="use gbnf or llguidance")

@@ -14,6 +14,7 @@ from edge_agent.engine.guided import GuidedGeneration, GuidedLlamaEngine
 from edge_agent.engine.llama import LlamaEngine, load_engine
 from edge_agent.errors import ConfigError
 from edge_agent.grammar import GrammarOptions, build_grammar
+from edge_agent.models import resolve_model
 from edge_agent.prompts import build_prompt, user_message
 from edge_agent.schema import normalize_tools
 from edge_agent.verify import verify_output
@@ -67,3 +68,12 @@ def test_no_ff_needs_the_llguidance_engine() -> None:
     assert proc.returncode != 0
     assert "--no-ff only applies to --engine llguidance" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_manifest_sets_the_constraint_strategy_per_model() -> None:
+    """docs/constraint_strategy.md: hard wins for Qwen2, so llguidance
+    constrains its answers from the first token."""
+    engine = load_engine("qwen2.5-coder-0.5b", n_threads=TEST_THREADS, engine="llguidance")
+    assert isinstance(engine, GuidedLlamaEngine) and engine.lazy is False
+    entry = resolve_model("qwen2.5-coder-0.5b").entry
+    assert entry is not None and entry.constraint == "hard"
