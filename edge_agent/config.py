@@ -57,8 +57,8 @@ class ModelSettings(BaseModel):
     prefix_cache: bool = Field(
         True,
         description=(
-            "daemon: keep the KV state of the system prompt and tool block on disk "
-            "(state dir, kv/), so a restart does not read the tool block again"
+            "ask and the daemon: keep the KV state of the system prompt and tool block "
+            "on disk (state dir, kv/), so the next process does not read the tool block again"
         ),
     )
 
