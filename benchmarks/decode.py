@@ -5,7 +5,9 @@ Modes (``--modes``, comma-separated):
 * ``unconstrained``: llama.cpp, no grammar (``LlamaEngine``);
 * ``gbnf``: llama.cpp's GBNF sampler (``LlamaEngine`` with the grammar);
 * ``llg``: llguidance masks, no fast-forward (``GuidedLlamaEngine``);
-* ``llg_ff``: llguidance masks with fast-forward tokens;
+* ``llg_ff``: llguidance masks with fast-forward tokens (near-ties after a
+  batch re-checked token by token, the engine's default);
+* ``llg_ff_batched``: as ``llg_ff`` without the near-tie re-check;
 * ``llg_ff_scored``: as ``llg_ff``, forced tokens scored too (extra logits rows);
 * ``llg_lazy``: llguidance with fast-forward, constraint applied once a call opens.
 
@@ -81,7 +83,15 @@ from edge_agent.verify import verify_output
 
 AGENT = AgentSettings()
 """Default agent settings: their system text goes ahead of every tool block."""
-ALL_MODES = ("unconstrained", "gbnf", "llg", "llg_ff", "llg_ff_scored", "llg_lazy")
+ALL_MODES = (
+    "unconstrained",
+    "gbnf",
+    "llg",
+    "llg_ff",
+    "llg_ff_batched",
+    "llg_ff_scored",
+    "llg_lazy",
+)
 DEFAULT_MODES = "unconstrained,gbnf,llg,llg_ff"
 
 
@@ -208,6 +218,7 @@ class Record:
     prompt_evaluated: int
     completion_tokens: int
     forced: int = 0
+    reevaluated: int = 0
     grammar_s: float | None = None
     valid: bool = False
     is_call: bool = False
@@ -228,9 +239,10 @@ class Bench:
     checkpoint: Path | None = None
 
     def engine(self, mode: str) -> LlamaEngine | GuidedLlamaEngine:
-        options = {
+        options: dict[str, dict[str, bool | float]] = {
             "llg": {"fast_forward": False},
             "llg_ff": {},
+            "llg_ff_batched": {"tie_margin": 0.0},
             "llg_ff_scored": {"score_forced": True},
             "llg_lazy": {"lazy": True},
         }
@@ -352,6 +364,7 @@ class Bench:
         )
         if isinstance(gen, GuidedGeneration):
             rec.forced = gen.stats.forced
+            rec.reevaluated = gen.stats.reevaluated
             rec.grammar_s = gen.stats.grammar_s
             rec.prompt_evaluated = gen.stats.prompt_evaluated
         return rec
@@ -438,6 +451,7 @@ def _token_summary(records: list[Record]) -> dict[str, Any]:
         "decode_ms_per_token": 1000 * sum(r.decode_s for r in records) / tokens,
         "mask_ms_per_token": 1000 * sum(grammar) / tokens if grammar else None,
         "ff_share": sum(r.forced for r in records) / tokens,
+        "reevaluated_per_call": sum(r.reevaluated for r in records) / max(len(records), 1),
     }
 
 

@@ -15,7 +15,16 @@ but runs its own decode loop instead of llama.cpp's GBNF sampler:
   forced tokens, tokenized canonically (it backs off at the end so no token
   boundary is forced that the tokenizer would not produce). They are
   appended without sampling and evaluated as one batch with the sampled
-  token, so ten forced tokens cost about one decode step.
+  token, so ten forced tokens cost about one decode step. llama.cpp's
+  batched kernels round differently from its one-token kernels: the keys and
+  values of a batch differ slightly, and every later logit moves by a few
+  hundredths. That is enough to flip a near-tie, so the model would pick
+  differently from the GBNF engine, which never batches. When the two best
+  allowed tokens are closer than ``tie_margin`` and a batch was evaluated
+  since the last re-check, the tokens from that batch on are evaluated again
+  one at a time before the choice (``DecodeStats.reevaluated``). Near-ties
+  are rare, so this keeps most of the speed and makes the output the same
+  as without fast-forward.
 * **Lazy constraint** (``lazy=True``). When the grammar also admits a
   plain-text answer, the model decodes freely until it opens a call: the
   ``<tool_call>`` token anywhere, or ``{``, ``[``, ``<`` or a backtick as its
@@ -47,6 +56,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import re
 import time
@@ -62,7 +72,7 @@ import numpy.typing as npt
 from llguidance import gbnf_to_lark as g2l
 
 from edge_agent.engine.base import FinishReason, Generation, Timings, TokenScore
-from edge_agent.engine.prefix_cache import reuse_prefix
+from edge_agent.engine.prefix_cache import reuse_prefix, truncate
 from edge_agent.errors import EngineError, InputError, UnsupportedSchemaError
 from edge_agent.grammar import Grammar
 
@@ -70,6 +80,7 @@ if TYPE_CHECKING:
     from edge_agent.engine.llama import LlamaEngine
 
 Logits = npt.NDArray[np.float32]
+log = logging.getLogger(__name__)
 
 _TEXT_RULE = "text-answer"
 _MAX_GRAMMARS = 64
@@ -77,6 +88,11 @@ _TAG_RE = re.compile(r"</?[A-Za-z_][A-Za-z0-9_|]*>")
 # First visible characters that open a call (the hard grammar's text answer
 # may not start with them either).
 _CALL_STARTS = ("{", "[", "<", "`")
+# Logit gap under which a choice made after a batched evaluation is re-checked
+# token by token. Batching moved the leading logits of Qwen2.5-0.5B by up to
+# about 0.05 in traces; at 0.25, 400 BFCL items (benchmarks/decode.py) came out
+# identical to the GBNF engine, with a re-check on 39 of them.
+TIE_MARGIN = 0.25
 
 
 # --------------------------------------------------------------------------- results
@@ -89,9 +105,13 @@ class DecodeStats:
     ``prompt_evaluated`` counts the prompt tokens actually run through the
     model after prefix reuse; ``grammar_s`` is the time spent in llguidance
     (checks, masks, fast-forward), ``full_masks`` how many steps needed the
-    whole vocabulary mask. ``triggered_at`` is the index of the first
+    whole vocabulary mask. ``reevaluated`` counts the near-ties that made
+    the loop evaluate its batched tokens again one at a time, and
+    ``replayed`` how many tokens that took. ``triggered_at`` is the index of the first
     constrained token in lazy mode (None: the model answered in free text);
     ``forced_at`` the indices of fast-forwarded tokens in ``tokens``.
+    ``gbnf_fallback``: llguidance could not read the grammar, so llama.cpp's
+    GBNF sampler decoded this call (and none of the other fields apply).
     """
 
     prompt_reused: int = 0
@@ -102,8 +122,11 @@ class DecodeStats:
     grammar_steps: int = 0
     full_masks: int = 0
     decode_batches: int = 0
+    reevaluated: int = 0
+    replayed: int = 0
     triggered_at: int | None = None
     forced_at: tuple[int, ...] = ()
+    gbnf_fallback: bool = False
 
     @property
     def ff_share(self) -> float:
@@ -235,6 +258,8 @@ class GuidedLlamaEngine:
     answer freely until it opens a call; ``score_forced`` (off by default,
     since it costs a logits row per forced token) computes the unconstrained
     log-probability of forced tokens as well, instead of leaving them at 0.
+    ``tie_margin`` (logits) is the gap under which a choice after a batch is
+    re-checked token by token; 0 turns the re-check off.
     """
 
     def __init__(
@@ -244,18 +269,20 @@ class GuidedLlamaEngine:
         fast_forward: bool = True,
         lazy: bool = False,
         score_forced: bool = False,
+        tie_margin: float = TIE_MARGIN,
     ) -> None:
         self._engine = engine
         self._llm: Any = engine.llama
         self.fast_forward = fast_forward
         self.lazy = lazy
         self.score_forced = score_forced
+        self.tie_margin = tie_margin
         self._n_vocab = int(self._llm.n_vocab())
         self._shared = _Shared(self._llm)
 
-    def with_options(self, **options: bool) -> GuidedLlamaEngine:
+    def with_options(self, **options: bool | float) -> GuidedLlamaEngine:
         """The same model, tokenizer and grammar cache, with other options."""
-        unknown = set(options) - {"fast_forward", "lazy", "score_forced"}
+        unknown = set(options) - {"fast_forward", "lazy", "score_forced", "tie_margin"}
         if unknown:
             raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
         clone = copy.copy(self)
@@ -303,8 +330,25 @@ class GuidedLlamaEngine:
                 f"the context of {self.n_ctx}",
                 hint="shorten the conversation or pass fewer tools",
             )
-        run = _Run(self, self._constraint(grammar), max_tokens)
-        return run.execute(tokens)
+        try:
+            constraint = self._constraint(grammar)
+        except UnsupportedSchemaError as exc:
+            assert grammar is not None  # no grammar, nothing to read
+            return self._fallback(prompt, grammar, max_tokens, exc)
+        return _Run(self, constraint, max_tokens).execute(tokens)
+
+    def _fallback(
+        self, prompt: str, grammar: Grammar, max_tokens: int, exc: UnsupportedSchemaError
+    ) -> GuidedGeneration:
+        """A grammar llguidance cannot read is still enforced, by llama.cpp's
+        GBNF sampler: our GBNF is written for it, so the request is answered
+        (slower) rather than refused."""
+        if grammar.key not in self._shared.fell_back:
+            self._shared.fell_back.add(grammar.key)
+            log.warning("llguidance: %s; this grammar is decoded by the GBNF sampler", exc)
+        gen = self._engine.generate(prompt, grammar=grammar, max_tokens=max_tokens)
+        fields = {f.name: getattr(gen, f.name) for f in dataclasses.fields(Generation)}
+        return GuidedGeneration(**fields, stats=DecodeStats(gbnf_fallback=True))
 
     def _constraint(self, grammar: Grammar | None) -> _Constraint:
         if grammar is None:
@@ -324,6 +368,7 @@ class _Shared:
         self._eog: frozenset[int] | None = None
         self._grammars: OrderedDict[str, _Compiled] = OrderedDict()
         self.pieces: dict[int, bytes] = {}
+        self.fell_back: set[str] = set()  # grammar keys already logged as unreadable
 
     @property
     def eog(self) -> frozenset[int]:
@@ -412,6 +457,8 @@ class _Counters:
     grammar_steps: int = 0
     full_masks: int = 0
     decode_batches: int = 0
+    reevaluated: int = 0
+    replayed: int = 0
     triggered_at: int | None = None
     forced_at: list[int] = field(default_factory=list)
 
@@ -431,6 +478,10 @@ class _Run:
         self.n = _Counters()
         self._bitmask: npt.NDArray[np.int32] | None = None
         self._open_tag: int | None = None
+        # Where the first batch of generated tokens since the last re-check
+        # starts in the KV cache (None: every generated token so far was
+        # evaluated alone).
+        self._batched_from: int | None = None
         if constraint.waiting is not None:
             self._open_tag = self.shared.special_id("<tool_call>")
 
@@ -450,16 +501,22 @@ class _Run:
         first_at = 0.0
         forced: list[int] = []
         while True:
+            if forced and self._batched_from is None:
+                self._batched_from = int(self.llm.n_tokens)
             rows = self._eval(pending, len(forced) + 1)
             if not first_at:
                 first_at = time.perf_counter()
             self._score_forced(forced, rows[:-1])
             if len(self.tokens) >= self.max_tokens:
                 return first_at, "length"
-            token = self._pick(rows[-1])
+            logits = rows[-1]
+            if self._batched_from is not None and self._near_tie(logits):
+                logits = self._replay(self._batched_from)
+                self._batched_from = None
+            token = self._pick(logits)
             if token in self.shared.eog:
                 return first_at, "stop"
-            self._emit(token, self._score(rows[-1], token))
+            self._emit(token, self._score(logits, token))
             forced = self._advance(token)
             if self.c.active is not None and self.c.active.is_stopped():
                 self._finish_forced(token, forced)
@@ -486,6 +543,17 @@ class _Run:
             ptr = self.llm._ctx.get_logits_ith(i)
             rows.append(np.ctypeslib.as_array(ptr, shape=(self.e._n_vocab,)))
         return rows
+
+    def _replay(self, start: int) -> Logits:
+        """Drop the KV cache from position ``start`` on and evaluate those
+        tokens again one at a time; return the last one's logits."""
+        tokens = [int(t) for t in self.llm.input_ids[start : self.llm.n_tokens]]
+        truncate(self.llm, start)
+        for token in tokens:
+            self._decode([token], 1)
+        self.n.reevaluated += 1
+        self.n.replayed += len(tokens)
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(0), shape=(self.e._n_vocab,))
 
     def _decode(self, batch: list[int], n_rows: int) -> None:
         llm = self.llm
@@ -544,6 +612,11 @@ class _Run:
         return best
 
     def _masked_argmax(self, matcher: llguidance.LLMatcher, logits: Logits) -> int:
+        allowed = self._allowed(matcher)
+        return int(allowed[int(np.argmax(logits[allowed]))])
+
+    def _allowed(self, matcher: llguidance.LLMatcher) -> npt.NDArray[np.intp]:
+        """The ids of every token the grammar allows next (the full mask)."""
         from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
         if self._bitmask is None:
@@ -556,7 +629,31 @@ class _Run:
         allowed = np.flatnonzero(bits[: self.e._n_vocab])
         if allowed.size == 0:
             raise EngineError("the grammar allows no token at all; this is a bug")
-        return int(allowed[int(np.argmax(logits[allowed]))])
+        return allowed
+
+    def _near_tie(self, logits: Logits) -> bool:
+        """Are the two best tokens the grammar allows within ``tie_margin``?
+
+        Usually the model's best token is allowed; then it is a tie only if
+        another allowed token lies within the margin, and the tokens that
+        close are few, so checking them costs microseconds. Only when the
+        best token is refused is the full mask computed.
+        """
+        matcher = self.c.active
+        margin = self.e.tie_margin
+        if matcher is None or margin <= 0:
+            return False
+        started = time.perf_counter()
+        best = int(np.argmax(logits))
+        if matcher.validate_tokens([best]) == 1:
+            close = np.flatnonzero(logits > logits[best] - np.float32(margin))
+            tie = any(t != best and matcher.validate_tokens([int(t)]) == 1 for t in close)
+        else:
+            allowed = self._allowed(matcher)
+            top2 = np.sort(logits[allowed])[-2:]
+            tie = allowed.size > 1 and float(top2[-1] - top2[0]) < margin
+        self.n.grammar_s += time.perf_counter() - started
+        return tie
 
     def _opens_call(self, token: int) -> bool:
         """Lazy mode: does this token open a tool call?"""

@@ -8,13 +8,14 @@ that needs a known cache state sets it itself.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import llguidance
 import pytest
 
-from edge_agent.agent import Agent
+from edge_agent.agent import Agent, system_for
 from edge_agent.calls import CALL_CLOSE, CALL_OPEN, parse_output
 from edge_agent.config import AgentSettings, EdgeAgentConfig
 from edge_agent.daemon import build_registry
@@ -151,6 +152,46 @@ def test_fast_forward_matches_the_gbnf_engine(
     assert fast.stats.decode_batches < plain.stats.decode_batches
     assert fast.finish_reason == "stop"
     assert_valid_call(fast.text, HOME_TOOLS)
+
+
+def test_a_near_tie_after_a_batch_is_rechecked_token_by_token(
+    qwen: LlamaEngine, guided_qwen: GuidedLlamaEngine
+) -> None:
+    """BFCL multiple_152: after ``"event_type": ["War"`` the model's two options,
+    close the list or add a value, are a near-tie (p 0.49 against 0.46).
+    Forced tokens evaluated in batches leave slightly different keys and
+    values, and the model added three more values. Re-checked token by token,
+    fast-forward picks what the GBNF engine picks."""
+    row = json.loads((DATA / "bfcl" / "near_tie" / "BFCL_v4_multiple.json").read_text())
+    tools = normalize_tools(row["function"])
+    system = system_for(AgentSettings(), tools, allow_text=True)
+    prompt = build_prompt(qwen.chat_template, row["question"][0], tools, system=system)
+    grammar = build_grammar(tools, AUTO)
+    forget_kv(qwen)
+    reference = qwen.generate(prompt, grammar=grammar)
+    forget_kv(qwen)
+    fast = guided_qwen.generate(prompt, grammar=grammar)
+    assert fast.text == reference.text
+    assert fast.stats.reevaluated >= 1 and fast.stats.forced > 0
+    assert '"event_type": ["War"]' in fast.text
+
+
+@pytest.mark.parametrize("text", HOME_PROMPTS[:2])
+def test_rechecking_every_choice_replays_batches_and_changes_nothing(
+    qwen: LlamaEngine, guided_qwen: GuidedLlamaEngine, text: str
+) -> None:
+    """With an infinite tie margin every choice after a batch replays it one
+    token at a time: the KV cache is rebuilt mid-call and the text must be
+    exactly what decoding without fast-forward gives."""
+    grammar = build_grammar(HOME_TOOLS, AUTO)
+    prompt = prompt_for(qwen, text)
+    plain = guided_qwen.with_options(fast_forward=False).generate(prompt, grammar=grammar)
+    always = guided_qwen.with_options(tie_margin=math.inf).generate(prompt, grammar=grammar)
+    never = guided_qwen.with_options(tie_margin=0.0).generate(prompt, grammar=grammar)
+    assert always.text == plain.text == never.text
+    assert always.stats.reevaluated > 0 and always.stats.replayed >= always.stats.forced
+    assert never.stats.reevaluated == never.stats.replayed == 0
+    assert [s.token for s in always.tokens] == [s.token for s in plain.tokens]
 
 
 def test_every_chosen_token_is_in_the_full_mask(
