@@ -48,10 +48,11 @@ class ModelSettings(BaseModel):
     )
     max_tokens: int = Field(256, ge=8, le=8192, description="tokens generated per attempt")
     engine: EngineKind = Field(
-        "gbnf",
+        "llguidance",
         description=(
-            "how tool-call grammars are enforced: gbnf = llama.cpp's GBNF sampler; "
-            "llguidance = llguidance token masks with fast-forward of forced tokens"
+            "how tool-call grammars are enforced: llguidance = token masks with "
+            "fast-forward of forced tokens (same output as gbnf, faster); "
+            "gbnf = llama.cpp's GBNF sampler, the fallback"
         ),
     )
     prefix_cache: bool = Field(

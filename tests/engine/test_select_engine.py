@@ -25,8 +25,9 @@ HOME_TOOLS = normalize_tools(
 )
 
 
-def test_gbnf_stays_the_default_engine() -> None:
-    assert load_config().model.engine == "gbnf"
+def test_llguidance_is_the_default_engine() -> None:
+    """Same output as GBNF on 400 BFCL items, faster (docs/constraint_strategy.md)."""
+    assert load_config().model.engine == "llguidance"
 
 
 def test_engine_is_read_from_the_config_file(tmp_path: Path) -> None:
@@ -46,6 +47,8 @@ def test_load_engine_builds_the_configured_engine() -> None:
     guided = load_engine("smollm2-135m", n_threads=TEST_THREADS, engine="llguidance")
     assert isinstance(guided, GuidedLlamaEngine)
     assert guided.n_threads == TEST_THREADS and guided.model_name == plain.model_name
+    # the shipped confidence model reads forced tokens' own log-probabilities
+    assert guided.score_forced and guided.fast_forward
     prompt = build_prompt(guided.chat_template, [user_message("Lock the front door")], HOME_TOOLS)
     out = guided.generate(prompt, grammar=build_grammar(HOME_TOOLS, GrammarOptions()))
     assert isinstance(out, GuidedGeneration) and out.stats.forced > 0
@@ -53,7 +56,8 @@ def test_load_engine_builds_the_configured_engine() -> None:
     assert parsed.is_call and all(v.ok for v in verify_output(parsed, HOME_TOOLS)), out.text
 
 
-def test_no_ff_needs_the_llguidance_engine() -> None:
+@pytest.mark.parametrize("flag", ["--no-ff", "--unscored-forced"])
+def test_llguidance_flags_need_the_llguidance_engine(flag: str) -> None:
     """Refused before any model is loaded."""
     proc = run_cli(
         "bench",
@@ -62,11 +66,11 @@ def test_no_ff_needs_the_llguidance_engine() -> None:
         str(DATA / "bfcl" / "BFCL_v4_simple_python.json"),
         "--category",
         "simple_python",
-        "--no-ff",
+        flag,
         timeout=60,
     )
     assert proc.returncode != 0
-    assert "--no-ff only applies to --engine llguidance" in proc.stderr
+    assert f"{flag} only applies to --engine llguidance" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -77,3 +81,30 @@ def test_the_manifest_sets_the_constraint_strategy_per_model() -> None:
     assert isinstance(engine, GuidedLlamaEngine) and engine.lazy is False
     entry = resolve_model("qwen2.5-coder-0.5b").entry
     assert entry is not None and entry.constraint == "hard"
+
+
+def test_a_grammar_llguidance_cannot_read_is_decoded_by_gbnf(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FAKE fault: no grammar we generate is known to be unreadable by
+    llguidance, so its compiler is made to refuse. The request is still
+    answered, under the GBNF sampler, and the fallback is logged once."""
+    from edge_agent.engine import guided as guided_module
+    from edge_agent.errors import UnsupportedSchemaError
+
+    def refuse(self: object, grammar: object) -> None:
+        raise UnsupportedSchemaError("llguidance cannot read the grammar: fake refusal")
+
+    engine = load_engine("smollm2-135m", n_threads=TEST_THREADS, engine="llguidance")
+    monkeypatch.setattr(guided_module._Shared, "compile", refuse)
+    prompt = build_prompt(engine.chat_template, [user_message("Lock the front door")], HOME_TOOLS)
+    grammar = build_grammar(HOME_TOOLS, GrammarOptions())
+    with caplog.at_level("WARNING", logger="edge_agent.engine.guided"):
+        first = engine.generate(prompt, grammar=grammar)
+        second = engine.generate(prompt, grammar=grammar)
+    assert first.stats.gbnf_fallback and first.stats.forced == 0
+    assert first.text == second.text
+    parsed = parse_output(first.text)
+    assert parsed.is_call and all(v.ok for v in verify_output(parsed, HOME_TOOLS)), first.text
+    warnings = [r for r in caplog.records if "fake refusal" in r.getMessage()]
+    assert len(warnings) == 1
