@@ -587,6 +587,10 @@ class Daemon:
             log.warning("reload: %s changed; that takes effect after a restart", key)
         self.live = Live(config, token, registry)
         log.info("reloaded the config and %d tool(s)", len(registry))
+        # Read the new tool block now, on the inference thread (so never
+        # during a request), rather than in the first request after reload.
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, warm_tool_block, self.engine, registry, config)
         return True
 
 

@@ -157,6 +157,35 @@ def test_sighup_reloads_the_config_and_the_tools(spawn: Any, tmp_path: Path) -> 
     assert daemon.alive()
 
 
+def test_sighup_with_new_tools_reads_their_tool_block_before_the_next_request(
+    spawn: Any, tmp_path: Path
+) -> None:
+    config = smol_config()
+    config["model"]["prefix_cache"] = True
+    daemon = spawn(config)
+    assert daemon.log().count("tool block:") == 1, daemon.log()
+    tools = tmp_path / "more_tools"
+    tools.mkdir()
+    (tools / "shout.py").write_text(
+        "from edge_agent import tool\n\n\n"
+        "@tool('Say a word loudly.')\n"
+        "def shout(word: str) -> str:\n"
+        "    return word.upper()\n"
+    )
+    (tmp_path / "daemon.toml").write_text(toml(config, top={"tools_dirs": [str(tools)]}))
+    daemon.send(signal.SIGHUP)
+    _until(lambda: daemon.log().count("tool block:"), 2)
+    sizes = [int(line.split("tool block: ")[1].split()[0]) for line in _block_lines(daemon)]
+    assert sizes[1] > sizes[0], daemon.log()  # one more tool in the block
+    assert "read and saved" in _block_lines(daemon)[1]
+    assert len(list((daemon.state_dir / "kv").glob("*.kv"))) == 2
+    assert daemon.alive()
+
+
+def _block_lines(daemon: Any) -> list[str]:
+    return [line for line in daemon.log().splitlines() if "tool block:" in line]
+
+
 def _until(probe: Any, want: Any, timeout: float = 120.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
