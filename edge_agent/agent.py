@@ -298,10 +298,17 @@ class Agent:
         return self.confirm is not None and bool(self.confirm(call, tool))
 
     def _offered(self, choice: str, messages: Sequence[Message]) -> list[ToolSpec]:
-        specs = self.specs
-        if choice in ("auto", "required", "none"):
-            return [] if choice == "none" else self._selected(specs, messages)
-        named = [s for s in specs if s.name == choice]
+        stable = self._stable_tools(choice)
+        return self._selected(self.specs, messages) if stable is None else stable
+
+    def _stable_tools(self, choice: str) -> list[ToolSpec] | None:
+        """The tools every request with this ``tool_choice`` is offered; None
+        when they are picked per request (past ``select_tools_above``)."""
+        if choice == "none":
+            return []
+        if choice in ("auto", "required"):
+            return None if len(self.specs) > self.settings.select_tools_above else self.specs
+        named = [s for s in self.specs if s.name == choice]
         if not named:
             raise InputError(f"tool_choice names unknown tool {choice!r}")
         return named
@@ -329,14 +336,12 @@ class Agent:
         """Make the system prompt and tool block of a request with this
         agent's tools resident in the KV cache, from ``folder`` when an earlier
         process saved it, else by reading it once and saving it there. None
-        when there is nothing stable to warm: no llama.cpp engine, no tools, a
-        named tool, or tools selected per request."""
+        when there is nothing stable to warm: no llama.cpp engine, no tools, or
+        tools selected per request."""
         llm = getattr(self.engine, "llama", None)
         choice = tool_choice or self.settings.tool_choice
-        specs = self.specs
-        if llm is None or not specs or choice not in ("auto", "required"):
-            return None
-        if len(specs) > self.settings.select_tools_above:
+        specs = self._stable_tools(choice)
+        if llm is None or not specs:
             return None
         system = self.system(specs, allow_text=choice == "auto")
         return PrefixCache(folder).warm_tools(llm, self.engine.chat_template, specs, system=system)

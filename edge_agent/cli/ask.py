@@ -123,9 +123,7 @@ def _routed(
         )
     finally:
         journal.close()
-    out = routed.to_json()
-    if cache is not None:
-        out["prefix_cache"] = cache
+    out = _with_cache(routed.to_json(), cache)
     if args.json:
         print(json.dumps(out, ensure_ascii=False, default=str))
     else:
@@ -185,12 +183,14 @@ def _registry(args: argparse.Namespace, dirs: list[Path]) -> Registry:
     return Registry.from_dirs(*dirs)
 
 
+def _with_cache(out: dict[str, Any], cache: dict[str, Any] | None) -> dict[str, Any]:
+    """``--json`` output plus where the tool block's KV state came from."""
+    return out if cache is None else {**out, "prefix_cache": cache}
+
+
 def _print(result: Result, as_json: bool, cache: dict[str, Any] | None) -> None:
     if as_json:
-        out = result.to_json()
-        if cache is not None:
-            out["prefix_cache"] = cache  # where the tool block's KV state came from
-        print(json.dumps(out, ensure_ascii=False))
+        print(json.dumps(_with_cache(result.to_json(), cache), ensure_ascii=False))
         return
     for call in result.calls:
         args = ", ".join(
