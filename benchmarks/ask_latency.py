@@ -6,6 +6,7 @@ valid@1, the share that picked the expected tool, and p50/p95 latency. The
 first request pays the cold prefill of the tool block; it is reported apart.
 
     python benchmarks/ask_latency.py tests/data/ask_prompts.json [--model NAME|PATH] [--threads N]
+        [--engine gbnf|llguidance]
 
 Run it with llama.cpp alone on the machine.
 """
@@ -20,6 +21,7 @@ import statistics
 from pathlib import Path
 
 from edge_agent.agent import Agent
+from edge_agent.config import ModelSettings
 from edge_agent.engine.llama import load_engine
 from edge_agent.registry import Registry
 
@@ -29,9 +31,15 @@ def main() -> None:
     parser.add_argument("prompts", type=Path, help="JSON list of {prompt, tool}")
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--engine",
+        choices=("gbnf", "llguidance"),
+        default=ModelSettings().engine,
+        help="grammar engine (default: the config's default, as `ask` uses)",
+    )
     args = parser.parse_args()
     items = json.loads(args.prompts.read_text())
-    engine = load_engine(args.model, n_threads=args.threads)
+    engine = load_engine(args.model, n_threads=args.threads, engine=args.engine)
     agent = Agent(engine, Registry.from_dirs())
     rows = []
     for item in items:
@@ -45,6 +53,7 @@ def main() -> None:
     print()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus; model {engine.model_name}")
     print(f"threads: {engine.n_threads}; tools: {len(agent.specs)}; requests: {n}")
+    print(f"engine: {args.engine}")
     print("| valid@1 | tool accuracy | cold first call | p50 (warm) | p95 (warm) |")
     print("|---|---|---|---|---|")
     valid_at_1 = sum(r[1] for r in rows) / n
