@@ -130,19 +130,25 @@ def test_sigterm_drains_the_current_request_and_keeps_the_queue(spawn: Any) -> N
     assert response.json()["x_edge_agent"]["request_id"] == queued[0].request_id
 
 
+def shout_tool_folder(tmp_path: Path) -> Path:
+    """A tool folder the running daemon has not seen, with one tool: shout."""
+    tools = tmp_path / "more_tools"
+    tools.mkdir()
+    (tools / "shout.py").write_text(
+        "from edge_agent import tool\n\n\n"
+        "@tool('Say a word loudly.')\n"
+        "def shout(word: str) -> str:\n"
+        "    return word.upper()\n"
+    )
+    return tools
+
+
 def test_sighup_reloads_the_config_and_the_tools(spawn: Any, tmp_path: Path) -> None:
     daemon = spawn(smol_config())
     body = chat_body("Say hi.", x_edge_agent_tools=["shout"], tool_choice="none", max_tokens=8)
     with daemon.client() as client:
         assert client.post("/v1/chat/completions", json=body).status_code == 400
-        tools = tmp_path / "more_tools"
-        tools.mkdir()
-        (tools / "shout.py").write_text(
-            "from edge_agent import tool\n\n\n"
-            "@tool('Say a word loudly.')\n"
-            "def shout(word: str) -> str:\n"
-            "    return word.upper()\n"
-        )
+        tools = shout_tool_folder(tmp_path)
         config = tmp_path / "daemon.toml"
         config.write_text(toml(smol_config(), top={"tools_dirs": [str(tools)]}))
         daemon.send(signal.SIGHUP)
@@ -164,14 +170,7 @@ def test_sighup_with_new_tools_reads_their_tool_block_before_the_next_request(
     config["model"]["prefix_cache"] = True
     daemon = spawn(config)
     assert daemon.log().count("tool block:") == 1, daemon.log()
-    tools = tmp_path / "more_tools"
-    tools.mkdir()
-    (tools / "shout.py").write_text(
-        "from edge_agent import tool\n\n\n"
-        "@tool('Say a word loudly.')\n"
-        "def shout(word: str) -> str:\n"
-        "    return word.upper()\n"
-    )
+    tools = shout_tool_folder(tmp_path)
     (tmp_path / "daemon.toml").write_text(toml(config, top={"tools_dirs": [str(tools)]}))
     daemon.send(signal.SIGHUP)
     _until(lambda: daemon.log().count("tool block:"), 2)
