@@ -479,6 +479,9 @@ class _Run:
         self.out = bytearray()
         self.n = _Counters()
         self._bitmask: npt.NDArray[np.int32] | None = None
+        # The last full mask and the step it was computed at: a tie check that
+        # needed it leaves it for the choice that follows at the same step.
+        self._mask_at: tuple[int, npt.NDArray[np.intp]] | None = None
         self._open_tag: int | None = None
         # Where the first batch of generated tokens since the last re-check
         # starts in the KV cache (None: every generated token so far was
@@ -621,6 +624,9 @@ class _Run:
         """The ids of every token the grammar allows next (the full mask)."""
         from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
+        if self._mask_at is not None and self._mask_at[0] == len(self.tokens):
+            return self._mask_at[1]
+
         if self._bitmask is None:
             self._bitmask = allocate_token_bitmask(1, self.e._n_vocab)
         fill_next_token_bitmask(matcher, self._bitmask)
@@ -631,6 +637,7 @@ class _Run:
         allowed = np.flatnonzero(bits[: self.e._n_vocab])
         if allowed.size == 0:
             raise EngineError("the grammar allows no token at all; this is a bug")
+        self._mask_at = (len(self.tokens), allowed)
         return allowed
 
     def _near_tie(self, logits: Logits) -> bool:
