@@ -7,27 +7,35 @@ own beyond calling them. A run is plain data: a :class:`Result` holding every
 :class:`Attempt` and :class:`Execution`, so telemetry, benchmarks and the CLI
 read the same record.
 
-Multi-step: after the calls of one step have run, their results go back to
-the model as ``tool`` messages and it may call again or answer in text, up to
-``max_steps``. A call identical to one already executed ends the loop rather
-than running twice: small models like to repeat themselves.
+Each step climbs the local ladder when one is given: the default model
+answers first, and a bigger local model only when it is unsure or its call
+fails verification after one repair (:mod:`edge_agent.ladder`).
+
+Steps: one, when one is enough. After the calls of a step have run, the
+person reads one sentence per call (:mod:`edge_agent.sentences`). Another
+step, with the results fed back as ``tool`` messages, is taken only when a
+read ran and the request goes on past it ("if it is warm, ..."), up to
+``max_steps``. A call identical to one already executed is never run twice:
+small models like to repeat themselves.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from edge_agent.calls import ParsedOutput, ToolCall, parse_output
+from edge_agent.calls import ToolCall, parse_output
 from edge_agent.config import AgentSettings
-from edge_agent.engine.base import Engine, Generation
+from edge_agent.engine.base import Engine
 from edge_agent.engine.prefix_cache import PrefixCache, WarmPrefix
 from edge_agent.errors import InputError
 from edge_agent.grammar import Grammar, GrammarOptions, build_grammar
+from edge_agent.ladder import Ladder
 from edge_agent.prompts import (
     Message,
     build_prompt,
@@ -38,13 +46,12 @@ from edge_agent.prompts import (
 )
 from edge_agent.ratelimit import RateLimiter
 from edge_agent.registry import Registry, Tool, validate_args
+from edge_agent.run import Attempt, AttemptKind, ExecStatus, Execution, Result
 from edge_agent.schema import ToolSpec
+from edge_agent.sentences import said
 from edge_agent.tool_select import select_tools
 from edge_agent.verify import Rule, Verdict, verify_output
 
-AttemptKind = Literal["initial", "repair"]
-Outcome = Literal["call", "answer", "invalid"]
-ExecStatus = Literal["done", "failed", "unconfirmed", "skipped"]
 Confirm = Callable[[ToolCall, Tool], bool]
 
 
@@ -52,128 +59,6 @@ class _Runner(Protocol):
     """The sandbox interface (``edge_agent.sandbox.base.Sandbox``)."""
 
     def run(self, tool: Tool, arguments: dict[str, Any]) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One generation and what the verifier made of it."""
-
-    kind: AttemptKind
-    generation: Generation
-    parsed: ParsedOutput
-    verdicts: tuple[Verdict, ...]
-    constrained: bool
-    step: int = 0
-
-    @property
-    def valid(self) -> bool:
-        """Every proposed call passed; a plain answer counts when allowed."""
-        return all(v.ok for v in self.verdicts)
-
-    @property
-    def problem(self) -> str:
-        return next((v.message for v in self.verdicts if not v.ok), "")
-
-
-@dataclass(frozen=True)
-class Execution:
-    """One verified call and what running it did (``result`` is the
-    sandbox's ``SandboxResult``; None when it was not run)."""
-
-    step: int
-    call: ToolCall
-    status: ExecStatus
-    result: Any = None
-    reason: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "done"
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {**self.call.to_dict(), "status": self.status}
-        if self.result is not None:
-            out["result"] = self.result.value if self.ok else None
-            out["error"] = self.result.error
-        if self.reason:
-            out["reason"] = self.reason
-        return out
-
-
-@dataclass(frozen=True)
-class Result:
-    attempts: tuple[Attempt, ...]
-    latency_s: float
-    route: str = "local"
-    executions: tuple[Execution, ...] = field(default=())
-
-    @property
-    def final(self) -> Attempt:
-        return self.attempts[-1]
-
-    @property
-    def calls(self) -> tuple[ToolCall, ...]:
-        """Verified calls of every step, in order (executed or not)."""
-        calls: list[ToolCall] = []
-        for step in sorted({a.step for a in self.attempts}):
-            last = [a for a in self.attempts if a.step == step][-1]
-            if last.valid:
-                calls += [v.call for v in last.verdicts if v.ok and v.call]
-        return tuple(calls)
-
-    @property
-    def text(self) -> str:
-        return self.final.parsed.text
-
-    @property
-    def outcome(self) -> Outcome:
-        if self.calls:
-            return "call"
-        return "answer" if self.final.valid and self.final.parsed.text else "invalid"
-
-    @property
-    def executed_ok(self) -> bool:
-        """Every call that was made ran without error (ExecRate's numerator)."""
-        return bool(self.executions) and all(e.ok for e in self.executions)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(a.generation.prompt_tokens for a in self.attempts)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(a.generation.completion_tokens for a in self.attempts)
-
-    def to_json(self) -> dict[str, Any]:
-        """The stable ``--json`` shape; fields may be added, never changed."""
-        first = self.attempts[0]
-        return {
-            "tool_calls": [c.to_dict() for c in self.calls],
-            "route": self.route,
-            "latency_s": round(self.latency_s, 4),
-            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
-            "outcome": self.outcome,
-            "text": self.text,
-            "valid_at_1": first.valid and first.parsed.is_call,
-            "executions": [e.to_json() for e in self.executions],
-            "attempts": [_attempt_json(a) for a in self.attempts],
-        }
-
-
-def _attempt_json(attempt: Attempt) -> dict[str, Any]:
-    gen = attempt.generation
-    lps = [t.logprob for t in gen.tokens]
-    return {
-        "step": attempt.step,
-        "kind": attempt.kind,
-        "raw": gen.text,
-        "valid": attempt.valid,
-        "problem": attempt.problem,
-        "prefill_s": round(gen.timings.prefill_s, 4),
-        "decode_s": round(gen.timings.decode_s, 4),
-        "min_logprob": round(min(lps), 4) if lps else None,
-        "mean_logprob": round(sum(lps) / len(lps), 4) if lps else None,
-    }
 
 
 def system_for(
@@ -200,8 +85,10 @@ class Agent:
         sandbox: _Runner | None = None,
         confirm: Confirm | None = None,
         limiter: RateLimiter | None = None,
+        ladder: Ladder | None = None,
     ) -> None:
         self.engine = engine
+        self.ladder = ladder
         self.tools = tools
         self.settings = settings or AgentSettings.model_validate({})
         self.max_tokens = max_tokens
@@ -211,6 +98,16 @@ class Agent:
         # rate limit holds across requests and not just within one.
         self.limiter = limiter if limiter is not None else RateLimiter()
         self.rules = (*rules, self.limiter.rule)
+
+    @property
+    def tier_models(self) -> list[str]:
+        """The model of each ladder tier, tier 0 first (for the journal)."""
+        upper = (
+            [t.engine.model_name if t.loaded else t.name for t in self.ladder.tiers]
+            if self.ladder
+            else []
+        )
+        return [self.engine.model_name, *upper]
 
     @property
     def specs(self) -> list[ToolSpec]:
@@ -242,27 +139,61 @@ class Agent:
                 break
             ran = self._run_calls(calls, step, executions)
             executions += ran
-            if not ran or any(e.status != "done" for e in ran):
+            if not self._needs_another_step(messages, ran):
                 break
             messages = [*messages, _assistant(done[-1]), *(_result_message(e) for e in ran)]
         return Result(tuple(attempts), time.perf_counter() - start, executions=tuple(executions))
 
+    def _needs_another_step(self, messages: Sequence[Message], ran: list[Execution]) -> bool:
+        """Another model step only when the answer needs a result the model
+        has not seen: a read ran, and the request goes on past what it read
+        ("if it is above 25 °C, ..."). An action's result is confirmed by its
+        sentence; a question's value is quoted by its sentence. Without this
+        rule every actuating request paid for a step that proposed the same
+        call again (and the repeat guard stopped it)."""
+        if not ran or any(e.status != "done" for e in ran):
+            return False
+        assert isinstance(self.tools, Registry)
+        read = any(self.tools.get(e.call.name).policy.side_effect == "read" for e in ran)
+        return read and depends_on_result(_last_user_text(messages))
+
     def _decide(
         self, messages: list[Message], choice: str, constrained: bool, step: int
     ) -> list[Attempt]:
-        """The initial attempt and up to ``repair_attempts`` repairs."""
+        """The attempts of one step: tier 0's, and the tiers' above it while
+        the one below is unsure or invalid (see :mod:`edge_agent.ladder`). The
+        settled tier's attempts come last, so ``attempts[-1]`` is the answer."""
         specs = self._offered(choice, messages)
         grammar = self._grammar(specs, choice) if constrained else None
         allow_text = choice in ("auto", "none")
-        attempt = self._attempt("initial", messages, specs, grammar, allow_text)
-        attempts = [replace(attempt, step=step)]
+        decide = _Decision(messages, specs, grammar, allow_text, step)
+        tiers = self._tier_attempts(decide, self.engine, 0)
+        if self.ladder is None:
+            return tiers
+        climbed: list[list[Attempt]] = [tiers]
+        for number, tier in enumerate(self.ladder.tiers, start=1):
+            settled, p = self.ladder.settles(climbed[-1], number - 1)
+            climbed[-1][-1] = replace(climbed[-1][-1], p_success=p)
+            if settled:
+                break
+            climbed.append(self._tier_attempts(decide, tier.engine, number))
+        else:
+            _, p = self.ladder.settles(climbed[-1], len(self.ladder.tiers))
+            climbed[-1][-1] = replace(climbed[-1][-1], p_success=p)
+        return _settled_last(climbed)
+
+    def _tier_attempts(self, d: _Decision, engine: Engine, tier: int) -> list[Attempt]:
+        """One tier's initial attempt and up to ``repair_attempts`` repairs."""
+        attempt = self._attempt(engine, "initial", d.messages, d.specs, d.grammar, d.allow_text)
+        attempts = [replace(attempt, step=d.step, tier=tier)]
+        messages = d.messages
         for _ in range(self.settings.repair_attempts):
             last = attempts[-1]
             if last.valid:
                 break
             messages = [*messages, _assistant(last), repair_message(last.problem)]
-            attempt = self._attempt("repair", messages, specs, grammar, allow_text)
-            attempts.append(replace(attempt, step=step))
+            attempt = self._attempt(engine, "repair", messages, d.specs, d.grammar, d.allow_text)
+            attempts.append(replace(attempt, step=d.step, tier=tier))
         return attempts
 
     def _run_calls(
@@ -274,14 +205,18 @@ class Agent:
         for call in calls:
             if self._call_key(call) in seen:
                 continue  # a repeat of an executed call: stop, don't run it twice
+            seen.add(self._call_key(call))
             tool = self.tools.get(call.name)
             if tool.policy.requires_confirmation and not self._confirmed(call, tool):
                 reason = f"{call.name} needs confirmation and was not confirmed"
-                ran.append(Execution(step, call, "unconfirmed", reason=reason))
+                text = said(tool, call, status="unconfirmed")
+                ran.append(Execution(step, call, "unconfirmed", reason=reason, said=text))
                 break
             self.limiter.record(tool)
             result = self.sandbox.run(tool, call.arguments)
-            ran.append(Execution(step, call, "done" if result.ok else "failed", result))
+            status: ExecStatus = "done" if result.ok else "failed"
+            text = said(tool, call, status=status, value=result.value, error=result.error or "")
+            ran.append(Execution(step, call, status, result, said=text))
         return ran
 
     def _call_key(self, call: ToolCall) -> str:
@@ -350,8 +285,9 @@ class Agent:
         """The system text ahead of ``specs``; see :func:`system_for`."""
         return system_for(self.settings, specs, allow_text=allow_text)
 
-    def _attempt(
+    def _attempt(  # noqa: PLR0913 - one generation's inputs
         self,
+        engine: Engine,
         kind: AttemptKind,
         messages: list[Message],
         specs: list[ToolSpec],
@@ -359,9 +295,9 @@ class Agent:
         allow_text: bool,
     ) -> Attempt:
         prompt = build_prompt(
-            self.engine.chat_template, messages, specs, system=self.system(specs, allow_text)
+            engine.chat_template, messages, specs, system=self.system(specs, allow_text)
         )
-        generation = self.engine.generate(prompt, grammar=grammar, max_tokens=self.max_tokens)
+        generation = engine.generate(prompt, grammar=grammar, max_tokens=self.max_tokens)
         parsed = parse_output(generation.text)
         verdicts: tuple[Verdict, ...]
         if parsed.is_call or parsed.errors:
@@ -378,6 +314,47 @@ class Agent:
         if isinstance(self.tools, Registry):
             return self.tools.subset(s.name for s in specs)
         return specs
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """What every tier of one step decodes from."""
+
+    messages: list[Message]
+    specs: list[ToolSpec]
+    grammar: Grammar | None
+    allow_text: bool
+    step: int
+
+
+def _settled_last(climbed: list[list[Attempt]]) -> list[Attempt]:
+    """Every tier's attempts, the answer's tier last: the top tier's, unless
+    it gave no verified answer and a tier below did."""
+    chosen = len(climbed) - 1
+    if not climbed[chosen][-1].valid:
+        valid = [i for i, tier in enumerate(climbed) if tier[-1].valid]
+        chosen = valid[-1] if valid else chosen
+    order = [*(i for i in range(len(climbed)) if i != chosen), chosen]
+    return [a for i in order for a in climbed[i]]
+
+
+# Words that make a request go on past a value it asks to read: "if it is
+# above 25, open the window", "check the door and then lock it".
+_FOLLOW_UP = re.compile(
+    r"\b(if|when|whenever|unless|then|otherwise|depending|based on|in case)\b"
+    r"|如果|要是|的话|假如|然后|再|否则|根据",
+    re.IGNORECASE,
+)
+
+
+def depends_on_result(text: str) -> bool:
+    """Whether a request asks for something that depends on what a read returns."""
+    return bool(_FOLLOW_UP.search(text))
+
+
+def _last_user_text(messages: Sequence[Message]) -> str:
+    users = [m for m in messages if m.get("role") == "user"]
+    return str(users[-1].get("content") or "") if users else ""
 
 
 def _verified(attempt: Attempt) -> list[ToolCall]:

@@ -463,7 +463,11 @@ def _tool_call(request_id: str, index: int, call: Mapping[str, Any]) -> dict[str
 
 
 def _final_text(stored: Mapping[str, Any]) -> str:
-    """The model's closing answer; when it gave none, what the tools did."""
+    """The sentence a person reads: the model's closing answer, else one
+    sentence per call that ran (``answer``). Journal rows written before
+    sentences existed fall back to what the tools did, one line each."""
+    if stored.get("answer"):
+        return str(stored["answer"])
     if stored.get("text"):
         return str(stored["text"])
     lines = []
@@ -490,6 +494,8 @@ def _extension(request_id: str, stored: Mapping[str, Any]) -> dict[str, Any]:
         "latency_s": stored.get("latency_s"),
         "attempts": len(attempts),
         "valid_at_1": stored.get("valid_at_1"),
+        "tier": stored.get("tier", 0),
+        "model_steps": stored.get("steps", 1),
     }
     if stored.get("outcome") == "invalid" and attempts:
         out["problem"] = attempts[-1].get("problem", "")

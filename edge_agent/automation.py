@@ -74,9 +74,10 @@ from edge_agent.offload.settings import BrokerSettings
 from edge_agent.registry import Tool, ToolPolicy, tool_from_function
 
 if TYPE_CHECKING:
-    from edge_agent.agent import Agent, Result
+    from edge_agent.agent import Agent
     from edge_agent.journal import Journal
     from edge_agent.prompts import Message
+    from edge_agent.run import Result
 
 __all__ = [
     "AgentRequest",

@@ -59,8 +59,8 @@ from edge_agent.errors import ConfigError, InputError
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from edge_agent.agent import Attempt, Result
     from edge_agent.calls import ParsedOutput
+    from edge_agent.run import Attempt, Result
 
 FEATURE_NAMES: tuple[str, ...] = (
     "min_logprob",

@@ -94,6 +94,51 @@ class AgentSettings(BaseModel):
     select_tools_k: int = Field(6, ge=1, description="how many tools a selection keeps")
 
 
+class TierSettings(BaseModel):
+    """One local model above ``[model]`` on the ladder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="manifest name or .gguf path")
+    threshold: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="τ of this tier: below it, a request climbs to the next tier "
+        "(unused for the top tier, whose unsure answers the router may offload)",
+    )
+    n_threads: int | None = Field(
+        None, ge=1, le=256, description="llama.cpp threads; None = model.n_threads"
+    )
+
+
+def _default_tiers() -> list[TierSettings]:
+    return [TierSettings(name="qwen2.5-coder-1.5b")]
+
+
+class LadderSettings(BaseModel):
+    """The ``[ladder]`` table: bigger local models a request climbs to when
+    the model below is unsure (see ``edge_agent/ladder.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="climb to the tiers below when tier 0 is unsure")
+    threshold: float = Field(
+        0.6, ge=0, le=1, description="τ of tier 0 (model): below it, the request climbs"
+    )
+    tiers: list[TierSettings] = Field(
+        default_factory=_default_tiers,
+        description="local models above [model], in order; a tier whose file is missing "
+        "or that does not fit in free memory is off (edge-agent doctor says why)",
+    )
+    memory_headroom_mb: int = Field(
+        300,
+        ge=0,
+        le=65536,
+        description="memory that must stay free after a tier's model file is loaded",
+    )
+
+
 def _queue_sources() -> list[SourceName]:
     return ["automation"]
 
@@ -206,6 +251,9 @@ class EdgeAgentConfig(BaseSettings):
     )
     agent: AgentSettings = Field(
         default_factory=lambda: AgentSettings(), description="how one request is decided"
+    )
+    ladder: LadderSettings = Field(
+        default_factory=lambda: LadderSettings(), description="bigger local models, in order"
     )
     router: RouterSettings = Field(
         default_factory=lambda: RouterSettings(), description="local vs offload decisions"

@@ -47,16 +47,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import uvicorn
 
-from edge_agent.agent import Agent, Result
+from edge_agent.agent import Agent
+from edge_agent.assemble import Assembly
 from edge_agent.config import AgentSettings, state_dir
 from edge_agent.engine.base import Engine
 from edge_agent.errors import BusyError, ConfigError, EdgeAgentError, EngineError, InputError
 from edge_agent.journal import Energy, Journal, RequestRow, Source, attempt_records
+from edge_agent.ladder import Ladder
 from edge_agent.power import EnergySample, best_probe
 from edge_agent.ratelimit import RateLimiter
-from edge_agent.registry import BUILTIN_TOOLS_DIR, Registry
+from edge_agent.registry import Registry
 from edge_agent.router import cascade_agent_settings
 from edge_agent.routing_host import RoutingHost
+from edge_agent.run import Result
 from edge_agent.schema import ToolSpec, normalize_tools
 
 if TYPE_CHECKING:
@@ -179,10 +182,11 @@ class Daemon:
 
     ``engine`` and ``journal`` are passed in, built once; ``load`` re-reads the
     config and the token (SIGHUP); ``sandbox`` runs registry tools when a
-    request asks for execution.
+    request asks for execution; ``ladder`` holds the bigger local models a
+    request climbs to when the engine is unsure (every agent shares it).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only parts after the first three
         self,
         engine: Engine,
         journal: Journal,
@@ -190,8 +194,10 @@ class Daemon:
         *,
         load: Loader | None = None,
         sandbox: Sandbox | None = None,
+        ladder: Ladder | None = None,
     ) -> None:
         self.engine = engine
+        self.ladder = ladder
         self.journal = journal
         self.live = live
         self.sandbox = sandbox
@@ -354,7 +360,7 @@ class Daemon:
             spent = EnergySample.between(before, self._probe.sample())
             stored["energy_j"], stored["energy_source"] = spent.joules, spent.source
             records = attempt_records(
-                result, model=self.engine.model_name, energy=Energy(spent.joules, spent.source)
+                result, model=self._models(), energy=Energy(spent.joules, spent.source)
             )
             peak = peak_rss_bytes()
             records = [replace(r, peak_rss_bytes=peak) for r in records]
@@ -368,6 +374,10 @@ class Daemon:
         except Exception as exc:  # a bug: keep serving, but say so loudly
             log.exception("request %s crashed the worker", rid)
             return self._fail(job, "crashed", f"internal error: {type(exc).__name__}: {exc}")
+
+    def _models(self) -> list[str]:
+        upper = [t.engine.model_name for t in self.ladder.tiers] if self.ladder else []
+        return [self.engine.model_name, *upper]
 
     def _is_automation(self, job: Job) -> bool:
         return self.automation is not None and self.automation.handles(job)
@@ -429,6 +439,7 @@ class Daemon:
             cascade_agent_settings(self.live.config.agent),
             sandbox=self.sandbox,
             limiter=self._limiter,
+            ladder=self.ladder,
         )
         return len(self.routing.drain(agent))
 
@@ -463,6 +474,7 @@ class Daemon:
             max_tokens=int(options.get("max_tokens") or live.config.model.max_tokens),
             sandbox=self.sandbox if options.get("execute") else None,
             limiter=self._limiter,
+            ladder=self.ladder,
         )
 
     # -- automation (see edge_agent.automation_host)
@@ -480,6 +492,7 @@ class Daemon:
             sandbox=host.runner(self.sandbox),
             confirm=host.confirm,
             limiter=self._limiter,
+            ladder=self.ladder,
         )
         with host.context(job):
             return agent.ask(
@@ -665,7 +678,7 @@ def _needs_restart(old: EdgeAgentConfig, new: EdgeAgentConfig) -> Iterator[str]:
 
 def build_registry(config: EdgeAgentConfig) -> Registry:
     """The built-in tools (when installed) plus the config's tool folders."""
-    return Registry.from_dirs(*config.tools_dirs, builtin=BUILTIN_TOOLS_DIR.is_dir())
+    return Assembly(config).registry()
 
 
 def warm_tool_block(engine: Engine, registry: Registry, config: EdgeAgentConfig) -> None:
@@ -718,25 +731,19 @@ class _Server(uvicorn.Server):
 
 
 def main(load: Loader, app_factory: AppFactory) -> int:
-    """The process: check the config, bind, load the model once, serve."""
-    from edge_agent.engine.llama import load_engine
-    from edge_agent.sandbox import ProcessSandbox, harden_current_process
-
+    """The process: check the config, bind, load the models once, serve."""
     _log_to_stderr()
     config, token = load()
-    harden_current_process()
+    parts = Assembly(config, status=lambda line: log.info("%s", line.rstrip("…")))
     sock = listen(config.server.host, config.server.port)
-    with contextlib.closing(sock), Journal() as journal:
-        registry = build_registry(config)
-        model = config.model
-        engine = load_engine(
-            model.name, n_ctx=model.n_ctx, n_threads=model.n_threads, engine=model.engine
-        )
+    with contextlib.closing(sock), parts.journal() as journal:
+        registry = parts.registry()
+        engine = parts.engine()
         live = Live(config, token, registry)
         warm_tool_block(engine, registry, config)
+        ladder = load_ladder(parts, registry)
         # Tools that keep state (home devices, notes) share it with `edge-agent ask`.
-        sandbox = ProcessSandbox(state_root=state_dir() / "tools")
-        daemon = Daemon(engine, journal, live, load=load, sandbox=sandbox)
+        daemon = Daemon(engine, journal, live, load=load, sandbox=parts.sandbox(), ladder=ladder)
         host, port = sock.getsockname()[:2]
         log.info(
             "serving %s on http://%s:%s (%d threads, %d tools, journal %s)",
@@ -747,6 +754,18 @@ def main(load: Loader, app_factory: AppFactory) -> int:
         if code != 0:
             os._exit(code)  # the worker thread is still inside llama.cpp: don't join it
         return code
+
+
+def load_ladder(parts: Assembly, registry: Registry) -> Ladder | None:
+    """The ladder's tiers, loaded now: a daemon keeps every local model
+    resident, so the first request that climbs does not pay for a load."""
+    for status in parts.tier_status():
+        state = "on" if status.on else "off"
+        log.info("ladder tier %s: %s (%s)", status.name, state, status.detail)
+    ladder = parts.ladder(warm_tools=registry)
+    for tier in ladder.tiers if ladder is not None else ():
+        tier.engine  # noqa: B018 - loads the model and warms its tool block
+    return ladder
 
 
 def _log_to_stderr() -> None:

@@ -81,8 +81,8 @@ from edge_agent.config import state_dir
 from edge_agent.errors import EdgeAgentError, InputError, JournalError, StateConflictError
 
 if TYPE_CHECKING:
-    from edge_agent.agent import Attempt, Result
     from edge_agent.prompts import Message
+    from edge_agent.run import Attempt, Result
     from edge_agent.schema import ToolSpec
 
 Status = Literal["accepted", "running", "queued", "done", "failed", "declined"]
@@ -788,21 +788,31 @@ def request_payload(
 def attempt_records(
     result: Result,
     *,
-    model: str,
+    model: str | Sequence[str],
     route: str | None = None,
     energy: Energy | None = None,
 ) -> list[AttemptRecord]:
     """Map an agent :class:`~edge_agent.agent.Result` to journal rows.
 
+    ``model``: one name, or one per ladder tier (``Agent.tier_models``), so
+    each attempt is recorded against the model that made it.
     ``route`` defaults to ``result.route``. A request's energy is measured
     once; it is shared out over the attempts in proportion to their
     compute time (prefill + decode).
     """
     shares = _shares([a.generation.timings.total_s for a in result.attempts])
     return [
-        _record(a, model=model, route=route or result.route, energy=energy, share=share)
+        _record(
+            a, model=_model_of(model, a), route=route or result.route, energy=energy, share=share
+        )
         for a, share in zip(result.attempts, shares, strict=True)
     ]
+
+
+def _model_of(model: str | Sequence[str], attempt: Attempt) -> str:
+    if isinstance(model, str):
+        return model
+    return model[min(attempt.tier, len(model) - 1)]
 
 
 def _record(

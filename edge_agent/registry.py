@@ -30,6 +30,10 @@ from edge_agent.schema import ToolSpec, normalize_tool
 
 SideEffect = Literal["read", "actuate", "dangerous"]
 F = TypeVar("F", bound=Callable[..., Any])
+Say = str | Callable[[dict[str, Any]], str]
+"""How a tool's result reads as a sentence: a ``str.format`` template or a
+function, both over the call's arguments overlaid with its result's fields
+(see :mod:`edge_agent.sentences`)."""
 
 _MARK = "__edge_agent_tool__"
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|min|minute|h|hour)\s*$")
@@ -51,6 +55,7 @@ class ToolPolicy:
     trusted: bool = False
     state: bool = False
     name: str | None = None
+    say: Say | None = field(default=None, compare=False)
 
     def rate_per_second(self) -> tuple[int, float] | None:
         """``"6/min"`` as ``(6, 60.0)``: at most 6 calls in any 60 s window."""
@@ -74,12 +79,16 @@ def tool(  # noqa: PLR0913 - these are the documented @tool options
     trusted: bool = False,
     state: bool = False,
     name: str | None = None,
+    say: Say | None = None,
 ) -> Callable[[F], F]:
     """Declare a function as a tool. Its signature becomes its schema.
 
     ``state=True``: the tool keeps files between calls. The sandbox then
     gives it one persistent folder, ``$EDGE_AGENT_TOOL_STATE``, shared by the
     tools of the same module; every other path stays per-call.
+
+    ``say``: the sentence a person reads once the call ran, e.g.
+    ``"{room} light set to {brightness}%."`` (arguments and result fields).
     """
     policy = ToolPolicy(
         description=description,
@@ -92,6 +101,7 @@ def tool(  # noqa: PLR0913 - these are the documented @tool options
         trusted=trusted,
         state=state,
         name=name,
+        say=say,
     )
     policy.rate_per_second()  # fail at import time, not at the first call
 

@@ -50,10 +50,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from edge_agent.agent import Agent, Execution, Result
+from edge_agent.agent import Agent
 from edge_agent.budget import ANY_MODEL, Budget, Reservation, estimate_tokens
 from edge_agent.calls import ParsedOutput, ToolCall
-from edge_agent.confidence import ConfidenceModel, Features, features_from_result
+from edge_agent.confidence import ConfidenceModel, Features, features_from_attempts
 from edge_agent.config import AgentSettings, RouterSettings
 from edge_agent.connectivity import (
     Connectivity,
@@ -78,6 +78,7 @@ from edge_agent.offload.base import (
 )
 from edge_agent.prompts import Message
 from edge_agent.registry import Registry, SideEffect
+from edge_agent.run import Execution, Result
 from edge_agent.schema import ToolSpec
 from edge_agent.verify import Verdict, verify_output
 
@@ -269,6 +270,18 @@ class RoutedResult:
             valid = self.result is not None and self.result.final.valid
         return "answer" if valid and self.final_parsed.text else "invalid"
 
+    @property
+    def tier(self) -> int | str:
+        """Which rung answered: a local tier's number, or ``"cloud"``."""
+        if self.offload is not None:
+            return "cloud"
+        return self.result.tier if self.result is not None else 0
+
+    @property
+    def answer(self) -> str:
+        """What a person reads: the text, else one sentence per call that ran."""
+        return self.text or " ".join(e.said for e in self.executions if e.said)
+
     def to_json(self) -> dict[str, Any]:
         """``Result.to_json()`` with the route's answer, plus the decision."""
         base = self.result.to_json() if self.result is not None else _empty_result_json()
@@ -279,6 +292,8 @@ class RoutedResult:
                 "reason": self.reason,
                 "outcome": self.outcome,
                 "text": self.text,
+                "answer": self.answer,
+                "tier": self.tier,
                 "latency_s": round(self.latency_s, 4),
                 "executions": [e.to_json() for e in self.executions],
                 "decision": self.decision.to_json(),
@@ -459,10 +474,15 @@ class Router:
     def _decide(self, req: _Request) -> RoutedResult:
         result = self.agent.ask(req.messages, tool_choice=req.choice, execute=False)
         req.result = result
-        req.features = features_from_result(result)
+        # The settled tier's attempts only: a climb leaves the lower tier's
+        # attempts in the result too, and they say nothing about this answer.
+        settled = [a for a in result.attempts if a.step == 0 and a.tier == result.tier]
+        req.features = features_from_attempts(settled)
         req.p = self.confidence.p_success(req.features)
         tau = self.settings.threshold
-        repaired = " after 1 repair" if len(result.attempts) > 1 else ""
+        repaired = " after 1 repair" if len(settled) > 1 else ""
+        if result.tier:
+            repaired += f" (tier {result.tier})"
         if result.final.valid and req.p >= tau:
             reason = f"local: p={req.p:.2f}≥τ={tau:.2f}{repaired}"
             return self._local(req, reason)
@@ -658,7 +678,7 @@ class Router:
     def _record_slm(self, req: _Request, route: str, reason: str) -> None:
         if req.result is None or self.store is None:
             return
-        records = attempt_records(req.result, model=self.agent.engine.model_name, route="local")
+        records = attempt_records(req.result, model=self.agent.tier_models, route="local")
         if reason:
             records[-1] = replace(records[-1], route=route, reason=reason)
         req.records[:0] = records

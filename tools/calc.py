@@ -108,7 +108,11 @@ FUNCTIONS: dict[str, tuple[Callable[..., Number], int, int]] = {
 }
 
 
-@tool("Evaluate an arithmetic expression, e.g. 'sqrt(2) * (3 + 4)**2'.", tags=("math",))
+@tool(
+    "Evaluate an arithmetic expression, e.g. 'sqrt(2) * (3 + 4)**2'.",
+    tags=("math",),
+    say="{expression} = {result}.",
+)
 def calculate(expression: str) -> dict[str, Any]:
     return {"expression": expression, "result": evaluate(expression)}
 

@@ -18,7 +18,11 @@ from edge_agent.registry import tool
 DateText = Annotated[str, Field(description="YYYY-MM-DD or 'today'")]
 
 
-@tool("Get the current date and time in a time zone.", tags=("time",))
+@tool(
+    "Get the current date and time in a time zone.",
+    tags=("time",),
+    say="It is {time} on {weekday} {date} in {timezone}.",
+)
 def current_time(
     timezone: Annotated[str, Field(description="IANA name, e.g. Europe/Berlin")] = "UTC",
 ) -> dict[str, Any]:
@@ -34,7 +38,11 @@ def current_time(
     }
 
 
-@tool("Count the days from one date to another.", tags=("time",))
+@tool(
+    "Count the days from one date to another.",
+    tags=("time",),
+    say="{days} days from {start} to {end}.",
+)
 def date_diff(start: DateText, end: DateText) -> dict[str, Any]:
     first, last = parse_date(start), parse_date(end)
     days = (last - first).days

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field
 
 from edge_agent.registry import load_module, tool
+from edge_agent.sentences import place, with_unit
 
 if TYPE_CHECKING:
     from _devices import DeviceBackend, default_backend
@@ -30,6 +31,31 @@ Mode = Literal["heat", "cool", "auto", "off"]
 Percent = Annotated[int, Field(ge=0, le=100)]
 
 
+def _say_light(r: dict[str, Any]) -> str:
+    room = place(r["room"]).capitalize()
+    return f"{room} light on, {r['brightness']}%." if r["on"] else f"{room} light off."
+
+
+def _say_thermostat(r: dict[str, Any]) -> str:
+    room = place(r["room"]).capitalize()
+    return f"{room} thermostat set to {r['target_c']} °C ({r['mode']})."
+
+
+def _say_reading(r: dict[str, Any]) -> str:
+    sensor = "CO2" if r["sensor"] == "co2" else r["sensor"]
+    return f"The {sensor} in the {place(r['room'])} is {with_unit(r['value'], r['unit'])}."
+
+
+def _say_lock(r: dict[str, Any]) -> str:
+    return f"{r['door'].capitalize()} door {'locked' if r['locked'] else 'unlocked'}."
+
+
+def _say_valve(r: dict[str, Any]) -> str:
+    valve = place(r["valve"]).capitalize()
+    opened = r["open_percent"]
+    return f"{valve} valve closed." if opened == 0 else f"{valve} valve open {opened}%."
+
+
 def backend() -> DeviceBackend:
     """The device backend for this call (state lives outside the process)."""
     return default_backend()
@@ -41,6 +67,7 @@ def backend() -> DeviceBackend:
     rate_limit="20/min",
     tags=("home",),
     state=True,
+    say=_say_light,
 )
 def set_light(
     room: Room,
@@ -57,6 +84,7 @@ def set_light(
     rate_limit="6/min",
     tags=("home",),
     state=True,
+    say=_say_thermostat,
 )
 def set_thermostat(
     room: Room,
@@ -72,6 +100,7 @@ def set_thermostat(
     side_effect="read",
     tags=("home",),
     state=True,
+    say=_say_reading,
 )
 def read_sensor(sensor: Sensor, room: Room) -> dict[str, Any]:
     reading = backend().read(f"{sensor}.{room}")
@@ -84,6 +113,7 @@ def read_sensor(sensor: Sensor, room: Room) -> dict[str, Any]:
     rate_limit="6/min",
     tags=("home", "security"),
     state=True,
+    say=_say_lock,
 )
 def lock_door(door: Door, locked: bool) -> dict[str, Any]:
     done = backend().set(f"lock.{door}", {"locked": locked})
@@ -96,6 +126,7 @@ def lock_door(door: Door, locked: bool) -> dict[str, Any]:
     rate_limit="6/min",
     tags=("home", "water"),
     state=True,
+    say=_say_valve,
 )
 def set_valve(valve: Valve, open_percent: Percent) -> dict[str, Any]:
     done = backend().set(f"valve.{valve}", {"open_percent": open_percent})

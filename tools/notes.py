@@ -58,7 +58,13 @@ def search_notes(query: str, limit: Annotated[int, Field(ge=1, le=10)] = 3) -> d
     return {"query": query, "results": results, "searched": len(docs)}
 
 
-@tool("Save a new note with a title and text.", side_effect="actuate", tags=("notes",), state=True)
+@tool(
+    "Save a new note with a title and text.",
+    side_effect="actuate",
+    tags=("notes",),
+    state=True,
+    say="Note '{title}' saved.",
+)
 def add_note(title: str, text: str) -> dict[str, Any]:
     if not title.strip():
         raise ValueError("the title is empty")

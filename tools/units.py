@@ -63,7 +63,11 @@ TEMPERATURE: dict[str, tuple[float, float]] = {
 SIGNIFICANT_DIGITS = 12
 
 
-@tool("Convert a value from one unit to another of the same kind.", tags=("math",))
+@tool(
+    "Convert a value from one unit to another of the same kind.",
+    tags=("math",),
+    say="{value} {from_unit} is {result:.4g} {to_unit}.",
+)
 def convert_units(value: float, from_unit: Unit, to_unit: Unit) -> dict[str, Any]:
     result = convert(value, from_unit, to_unit)
     return {

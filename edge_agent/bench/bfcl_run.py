@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.agent import Agent, Result
+from edge_agent.agent import Agent
 from edge_agent.bench.bfcl_check import Call, check_item, is_relevance_category
 from edge_agent.bench.bfcl_data import BfclItem, category_from_filename, decode_calls, load_items
 from edge_agent.calls import ParsedOutput
@@ -58,6 +58,7 @@ from edge_agent.errors import BenchError, InputError, SchemaError
 from edge_agent.power import EnergySample, PowerProbe, best_probe, cpu_model_name
 from edge_agent.prompts import Message
 from edge_agent.router import Cloud, Mode, RoutedResult, Router, cascade_agent_settings
+from edge_agent.run import Result
 from edge_agent.schema import ToolSpec, normalize_tools
 
 CATEGORIES = frozenset(

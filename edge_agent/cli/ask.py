@@ -9,11 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_agent.agent import Agent, Result
+from edge_agent.agent import Agent
+from edge_agent.assemble import Assembly, stderr_status
 from edge_agent.calls import ToolCall
-from edge_agent.config import EdgeAgentConfig, load_config, state_dir
+from edge_agent.config import EdgeAgentConfig
 from edge_agent.errors import EngineError, InputError
-from edge_agent.registry import Registry, Tool, tools_from_json_file
+from edge_agent.registry import Tool
+from edge_agent.run import Result
 
 
 def register(subparsers: Any) -> None:
@@ -49,41 +51,34 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise InputError("the prompt is empty", hint="pass a non-empty prompt")
-    config = load_config(args.config)
-    registry = _registry(args, [*config.tools_dirs, *args.tools_dir])
-    from edge_agent.engine.llama import load_engine
-
-    engine = load_engine(
-        args.model or config.model.name,
-        n_ctx=config.model.n_ctx,
-        n_threads=args.threads or config.model.n_threads,
-        engine=config.model.engine,
-    )
-    settings = config.agent
-    if args.parallel:
-        settings = settings.model_copy(update={"parallel_calls": True})
-    agent = Agent(
-        engine,
-        registry,
-        settings,
-        max_tokens=config.model.max_tokens,
-        sandbox=None if args.no_exec else _sandbox(),
-        confirm=_confirmer(args.yes),
-    )
-    cache = _warm(agent, args.tool_choice) if config.model.prefix_cache else None
+    with stderr_status() as status:
+        parts = Assembly.from_file(args.config, status=status)
+        registry = parts.registry(dirs=args.tools_dir, tools_file=args.tools)
+        settings = parts.config.agent
+        if args.parallel:
+            settings = settings.model_copy(update={"parallel_calls": True})
+        engine = parts.engine(args.model, n_threads=args.threads)
+        agent = parts.agent(
+            registry,
+            engine=engine,
+            settings=settings,
+            sandbox=None if args.no_exec else parts.sandbox(),
+            confirm=_confirmer(args.yes),
+        )
+        cache = _warm(parts, agent, args.tool_choice)
     if args.mode != "slm":
-        return _routed(args, config, agent, cache)
+        return _routed(args, parts, agent, cache)
     result = agent.ask(args.prompt, tool_choice=args.tool_choice, execute=not args.no_exec)
     _print(result, args.json, cache)
     return 0 if result.outcome != "invalid" else 1
 
 
-def _warm(agent: Agent, tool_choice: str | None) -> dict[str, Any] | None:
+def _warm(parts: Assembly, agent: Agent, tool_choice: str | None) -> dict[str, Any] | None:
     """Restore the tool block's KV state saved by an earlier ``ask`` or daemon
     start (the daemon's folder), or save it for the next one: reading 12
     tools' definitions is most of a one-shot ``ask``."""
     try:
-        warm = agent.warm(state_dir() / "kv", tool_choice=tool_choice)
+        warm = parts.warm(agent, tool_choice=tool_choice)
     except (EngineError, OSError) as exc:  # a cache: the request still runs
         print(f"edge-agent: note: tool block not cached: {exc}", file=sys.stderr)
         return None
@@ -93,27 +88,17 @@ def _warm(agent: Agent, tool_choice: str | None) -> dict[str, Any] | None:
 
 
 def _routed(
-    args: argparse.Namespace, config: EdgeAgentConfig, agent: Agent, cache: dict[str, Any] | None
+    args: argparse.Namespace, parts: Assembly, agent: Agent, cache: dict[str, Any] | None
 ) -> int:
     """Cascade / LLM mode: the router decides, records and explains the route."""
-    from edge_agent.budget import Budget
-    from edge_agent.confidence import load_confidence
-    from edge_agent.journal import Journal
-    from edge_agent.ledger import SqliteLedger, SqliteOutbox
-    from edge_agent.offload.https import HttpsTransport
-    from edge_agent.router import Router, Store, cascade_agent_settings, cloud_for
-
-    agent.settings = cascade_agent_settings(agent.settings)
-    https = _https_settings(args, config)
-    journal = Journal()
-    try:
-        store = Store(journal, SqliteOutbox(journal.path))
-        cloud = None
+    https = _https_settings(args, parts.config)
+    with parts.journal() as journal:
+        transport = None
         if https is not None:
-            budget = Budget(config.budget, SqliteLedger(journal.path))
-            cloud = cloud_for(HttpsTransport(https), budget, config.router.link)
-        confidence = load_confidence(config.router.confidence_model)
-        router = Router(agent, confidence, config.router, cloud=cloud, store=store)
+            from edge_agent.offload.https import HttpsTransport
+
+            transport = HttpsTransport(https)
+        router = parts.router(agent, journal, parts.cloud(journal, transport))
         routed = router.ask(
             args.prompt,
             source="cli",
@@ -121,8 +106,6 @@ def _routed(
             execute=not args.no_exec,
             mode="llm" if args.mode == "llm" else "cascade",
         )
-    finally:
-        journal.close()
     out = _with_cache(routed.to_json(), cache)
     if args.json:
         print(json.dumps(out, ensure_ascii=False, default=str))
@@ -154,13 +137,6 @@ def _https_settings(args: argparse.Namespace, config: EdgeAgentConfig) -> Any:
     return HttpsOffloadSettings.model_validate(fields)
 
 
-def _sandbox() -> Any:
-    from edge_agent.sandbox import ProcessSandbox, harden_current_process
-
-    harden_current_process()
-    return ProcessSandbox(state_root=state_dir() / "tools")
-
-
 def _confirmer(assume_yes: bool) -> Callable[[ToolCall, Tool], bool]:
     """--yes confirms; on a terminal we ask; otherwise (scripts, pipes) no."""
 
@@ -177,18 +153,13 @@ def _confirmer(assume_yes: bool) -> Callable[[ToolCall, Tool], bool]:
     return confirm
 
 
-def _registry(args: argparse.Namespace, dirs: list[Path]) -> Registry:
-    if args.tools is not None:
-        return Registry(tools_from_json_file(args.tools))
-    return Registry.from_dirs(*dirs)
-
-
 def _with_cache(out: dict[str, Any], cache: dict[str, Any] | None) -> dict[str, Any]:
     """``--json`` output plus where the tool block's KV state came from."""
     return out if cache is None else {**out, "prefix_cache": cache}
 
 
 def _print(result: Result, as_json: bool, cache: dict[str, Any] | None) -> None:
+    """Each call once (what ran, else what was proposed), then the sentence."""
     if as_json:
         print(json.dumps(_with_cache(result.to_json(), cache), ensure_ascii=False))
         return
@@ -197,15 +168,11 @@ def _print(result: Result, as_json: bool, cache: dict[str, Any] | None) -> None:
             f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in call.arguments.items()
         )
         print(f"{call.name}({args})")
-    for ex in result.executions:
-        shown = json.dumps(ex.result.value if ex.ok else None, ensure_ascii=False)
-        detail = shown if ex.ok else (ex.reason or (ex.result.error if ex.result else ""))
-        print(f"  -> {ex.call.name}: {ex.status}: {detail}")
-    if result.text:
-        print(result.text)
+    if result.answer:
+        print(result.answer)
     if result.outcome == "invalid":
         print(f"no valid call: {result.final.problem}")
     tokens = f"{result.prompt_tokens}+{result.completion_tokens} tokens"
-    print(
-        f"[{result.route}, {result.latency_s:.2f} s, {tokens}, {len(result.attempts)} attempt(s)]"
-    )
+    tier = f"tier {result.tier}, " if result.tier else ""
+    steps = f"{result.steps} step(s), {len(result.attempts)} attempt(s)"
+    print(f"[{result.route}, {tier}{result.latency_s:.2f} s, {tokens}, {steps}]")

@@ -1,0 +1,306 @@
+"""The one composition root: every entry point gets its parts here.
+
+``ask``, ``run``, ``bench``, ``tools`` and the benchmark scripts build the
+pipeline from the typed config through an :class:`Assembly`, so they cannot
+drift apart: the same engine kind, the same ladder, the same sandbox with its
+state folder, the same journal, the same transport. Parts that are heavy or
+reach outside (engines, the sandbox, transports) are made here and passed
+down; the pipeline itself constructs none of them. A test hands in its own
+by passing ``load=`` (an engine loader) or by building the piece and giving
+it to :meth:`Assembly.agent`.
+
+Engines and the sandbox are made on first use and kept, so asking twice
+returns the same object. Upper ladder tiers load on first climb.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from edge_agent.config import EdgeAgentConfig, TierSettings, load_config, state_dir
+from edge_agent.errors import EngineError, ModelError
+from edge_agent.ladder import Ladder, Tier
+from edge_agent.registry import BUILTIN_TOOLS_DIR, Registry, tools_from_json_file
+
+if TYPE_CHECKING:
+    from edge_agent.agent import Agent, Confirm
+    from edge_agent.confidence import ConfidenceModel
+    from edge_agent.engine.base import Engine
+    from edge_agent.engine.prefix_cache import WarmPrefix
+    from edge_agent.journal import Journal
+    from edge_agent.offload.base import OffloadTransport
+    from edge_agent.ratelimit import RateLimiter
+    from edge_agent.router import Cloud, Router
+    from edge_agent.run import Attempt
+    from edge_agent.sandbox.process import ProcessSandbox
+
+EngineLoader = Callable[..., "Engine"]
+Status = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TierStatus:
+    """Whether a ladder tier is on here, and a sentence saying why (not)."""
+
+    name: str
+    on: bool
+    detail: str
+
+
+class Assembly:
+    """Builds every part from one :class:`EdgeAgentConfig`; see the module docstring."""
+
+    def __init__(
+        self,
+        config: EdgeAgentConfig | None = None,
+        *,
+        load: EngineLoader | None = None,
+        status: Status | None = None,
+    ) -> None:
+        self.config = config if config is not None else load_config()
+        self._load = load
+        self._status = status or (lambda _line: None)
+        self._engines: dict[str, Engine] = {}
+        self._sandbox: ProcessSandbox | None = None
+        self._confidence: ConfidenceModel | None = None
+        self._ladder: Ladder | None = None
+        self._tier_status: list[TierStatus] | None = None
+
+    @classmethod
+    def from_file(cls, path: Path | None, *, status: Status | None = None) -> Assembly:
+        return cls(load_config(path), status=status)
+
+    # -- tools
+
+    def registry(self, *, dirs: Sequence[Path] = (), tools_file: Path | None = None) -> Registry:
+        """The built-in tools (when installed) and the config's and ``dirs``'
+        tool folders; or only the JSON definitions in ``tools_file``."""
+        if tools_file is not None:
+            return Registry(tools_from_json_file(tools_file))
+        folders = [*self.config.tools_dirs, *dirs]
+        return Registry.from_dirs(*folders, builtin=BUILTIN_TOOLS_DIR.is_dir())
+
+    def sandbox(self) -> ProcessSandbox:
+        """The process sandbox, with the state folder ``state=True`` tools
+        share between ``ask``, ``tools run`` and the daemon."""
+        if self._sandbox is None:
+            from edge_agent.sandbox import ProcessSandbox, harden_current_process
+
+            harden_current_process()
+            self._sandbox = ProcessSandbox(state_root=state_dir() / "tools")
+        return self._sandbox
+
+    # -- models
+
+    def engine(self, model: str | None = None, *, n_threads: int | None = None) -> Engine:
+        """The engine of ``model`` (default: ``[model].name``), loaded once."""
+        settings = self.config.model
+        name = model or settings.name or ""
+        if name not in self._engines:
+            self._status(f"loading {name or 'the default model'}…")
+            self._engines[name] = self._loader()(
+                model or settings.name,
+                n_ctx=settings.n_ctx,
+                n_threads=n_threads or settings.n_threads,
+                engine=settings.engine,
+            )
+        return self._engines[name]
+
+    def _loader(self) -> EngineLoader:
+        if self._load is not None:
+            return self._load
+        from edge_agent.engine.llama import load_engine
+
+        return load_engine
+
+    def ladder(self, *, warm_tools: Registry | None = None) -> Ladder | None:
+        """The tiers above tier 0 that are on here, or None when none is.
+        Each loads on its first climb (``warm_tools``: read that registry's
+        tool block into the new model's KV cache as it loads)."""
+        if self._ladder is not None:
+            return self._ladder
+        on = [t for t, s in zip(self._tier_settings(), self.tier_status(), strict=True) if s.on]
+        if not on:
+            return None
+        tiers = tuple(self._tier(t, warm_tools) for t in on)
+        self._ladder = Ladder(self.config.ladder.threshold, tiers, self._judge)
+        return self._ladder
+
+    def _tier(self, settings: TierSettings, warm_tools: Registry | None) -> Tier:
+        def load() -> Engine:
+            return self.engine(settings.name, n_threads=settings.n_threads)
+
+        def on_load(engine: Engine) -> None:
+            if warm_tools is not None and self.config.model.prefix_cache:
+                self._warm_engine(engine, warm_tools)
+
+        return Tier(settings.name, load, threshold=settings.threshold, on_load=on_load)
+
+    def _tier_settings(self) -> list[TierSettings]:
+        ladder = self.config.ladder
+        return list(ladder.tiers) if ladder.enabled else []
+
+    def tier_status(self) -> list[TierStatus]:
+        """Each configured tier: on, or off and why (file missing, memory)."""
+        if self._tier_status is None:
+            self._tier_status = [self._check_tier(t) for t in self._tier_settings()]
+        return self._tier_status
+
+    def _check_tier(self, tier: TierSettings) -> TierStatus:
+        from edge_agent.models import resolve_model
+
+        try:
+            resolved = resolve_model(tier.name)
+        except ModelError as exc:
+            return TierStatus(tier.name, False, exc.one_line())
+        need = resolved.path.stat().st_size + self.config.ladder.memory_headroom_mb * 2**20
+        free = _available_memory() - sum(_engine_bytes(e) for e in self._engines.values())
+        if free < need:
+            return TierStatus(
+                tier.name,
+                False,
+                f"needs {need / 2**20:.0f} MiB free (model file + headroom), "
+                f"{max(free, 0) / 2**20:.0f} MiB available: tier 0 answers alone",
+            )
+        return TierStatus(tier.name, True, f"{resolved.path.name}, τ below it to climb")
+
+    def _judge(self, attempts: Sequence[Attempt]) -> float:
+        from edge_agent.confidence import features_from_attempts
+
+        return self.confidence().p_success(features_from_attempts(attempts))
+
+    def confidence(self) -> ConfidenceModel:
+        if self._confidence is None:
+            from edge_agent.confidence import load_confidence
+
+            self._confidence = load_confidence(self.config.router.confidence_model)
+        return self._confidence
+
+    # -- the pipeline
+
+    def agent(  # noqa: PLR0913 - keyword-only parts a caller may hand in
+        self,
+        tools: Registry | Sequence[Any],
+        *,
+        engine: Engine | None = None,
+        sandbox: Any = None,
+        confirm: Confirm | None = None,
+        limiter: RateLimiter | None = None,
+        settings: Any = None,
+        ladder: bool = True,
+    ) -> Agent:
+        """An agent over ``tools`` with tier 0's engine and the ladder above it.
+        No sandbox unless one is passed: proposing calls runs nothing."""
+        from edge_agent.agent import Agent
+
+        registry = tools if isinstance(tools, Registry) else None
+        return Agent(
+            engine or self.engine(),
+            tools,
+            settings or self.config.agent,
+            max_tokens=self.config.model.max_tokens,
+            sandbox=sandbox,
+            confirm=confirm,
+            limiter=limiter,
+            ladder=self.ladder(warm_tools=registry) if ladder else None,
+        )
+
+    def warm(self, agent: Agent, *, tool_choice: str | None = None) -> WarmPrefix | None:
+        """Tier 0's tool block from disk, or read once and saved for the next process."""
+        if not self.config.model.prefix_cache:
+            return None
+        self._status("reading the tool block…")
+        return agent.warm(state_dir() / "kv", tool_choice=tool_choice)
+
+    def _warm_engine(self, engine: Engine, registry: Registry) -> None:
+        from edge_agent.agent import Agent
+
+        self._status(f"reading the tool block into {engine.model_name}…")
+        with contextlib.suppress(EngineError, OSError):  # a cache: requests still run
+            Agent(engine, registry, self.config.agent).warm(state_dir() / "kv")
+
+    # -- journal, cloud and router
+
+    def journal(self) -> Journal:
+        from edge_agent.journal import Journal
+
+        return Journal()
+
+    def transport(self) -> OffloadTransport | None:
+        """The configured offload transport (HTTPS first, else MQTT), or None."""
+        offload = self.config.offload
+        if offload.https is not None:
+            from edge_agent.offload.https import HttpsTransport
+
+            return HttpsTransport(offload.https)
+        if offload.mqtt is not None:
+            from edge_agent.offload.mqtt import MqttTransport
+
+            return MqttTransport(offload.mqtt)
+        return None
+
+    def cloud(self, journal: Journal, transport: OffloadTransport | None = None) -> Cloud | None:
+        """The offload path with the budget ledger in ``journal``'s file, or
+        None when nothing may leave the device."""
+        if not self.config.router.offload:
+            return None
+        transport = transport or self.transport()
+        if transport is None:
+            return None
+        from edge_agent.budget import Budget
+        from edge_agent.ledger import SqliteLedger
+        from edge_agent.router import cloud_for
+
+        budget = Budget(self.config.budget, SqliteLedger(journal.path))
+        return cloud_for(transport, budget, self.config.router.link)
+
+    def router(self, agent: Agent, journal: Journal, cloud: Cloud | None = None) -> Router:
+        from edge_agent.ledger import SqliteOutbox
+        from edge_agent.router import Router, Store, cascade_agent_settings
+
+        agent.settings = cascade_agent_settings(agent.settings)
+        store = Store(journal, SqliteOutbox(journal.path))
+        return Router(agent, self.confidence(), self.config.router, cloud=cloud, store=store)
+
+
+def _available_memory() -> int:
+    return int(psutil.virtual_memory().available)
+
+
+def _engine_bytes(engine: Engine) -> int:
+    """Memory an already loaded engine will keep touching (its file)."""
+    path = getattr(getattr(engine, "llama", None), "model_path", None)
+    with contextlib.suppress(OSError, TypeError):
+        return Path(path).stat().st_size if path else 0
+    return 0
+
+
+@contextlib.contextmanager
+def stderr_status() -> Iterator[Status]:
+    """A one-line status on stderr while slow parts load (seconds on a Pi),
+    overwritten in place on a terminal and cleared at the end; silent when
+    stderr is not a terminal, so scripts and logs stay clean."""
+    shown = [False]
+
+    def show(line: str) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\r\033[Kedge-agent: {line}")
+            sys.stderr.flush()
+            shown[0] = True
+
+    try:
+        yield show
+    finally:
+        if shown[0]:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+__all__ = ["Assembly", "TierStatus", "stderr_status"]

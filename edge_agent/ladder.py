@@ -1,0 +1,95 @@
+"""The local ladder: bigger models on the device that a request climbs to
+when the model below is unsure.
+
+Tier 0 is the agent's own engine (the default 0.5B). Above it sit the
+:class:`Tier` objects of a :class:`Ladder`, in order (tier 1 is the 1.5B in
+the default configuration). A step climbs one rung when the rung below gave
+no verified answer after its repair, or when its calibrated P(success) is
+below its threshold. The top rung's answer is the device's answer; whether
+*that* goes to the cloud is the router's decision, made after the ladder.
+
+The ladder is offline and free, so it comes before any offload. It costs
+time only for the requests that climb, and memory for the bigger model,
+which is loaded on first use (``ask``) or at start (the daemon).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from edge_agent.engine.base import Engine
+from edge_agent.run import Attempt
+
+Judge = Callable[[Sequence[Attempt]], float]
+"""P(success) of one step's attempts (initial, then repairs) on one tier."""
+
+
+class Tier:
+    """One rung above tier 0: a model, loaded once on first use, and the
+    P(success) its answers must reach before the request stops climbing."""
+
+    def __init__(
+        self,
+        name: str,
+        engine: Engine | Callable[[], Engine],
+        *,
+        threshold: float,
+        on_load: Callable[[Engine], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.threshold = threshold
+        self._engine: Engine | None = None if callable(engine) else engine
+        self._load = engine if callable(engine) else None
+        self._on_load = on_load
+        self._lock = threading.Lock()
+        self.load_s = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def engine(self) -> Engine:
+        """The model, loading it (and warming its tool block) the first time."""
+        with self._lock:
+            if self._engine is None:
+                assert self._load is not None
+                started = time.perf_counter()
+                engine = self._load()
+                if self._on_load is not None:
+                    self._on_load(engine)
+                self.load_s = time.perf_counter() - started
+                self._engine = engine
+            return self._engine
+
+    def __repr__(self) -> str:
+        state = "loaded" if self.loaded else "not loaded"
+        return f"Tier({self.name!r}, threshold={self.threshold}, {state})"
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """Tier 0's threshold, the tiers above it, and the judge of each answer."""
+
+    threshold: float
+    tiers: tuple[Tier, ...]
+    judge: Judge
+
+    def threshold_of(self, tier: int) -> float | None:
+        """τ of ``tier`` (0 = the agent's engine); None for the top rung,
+        which has nothing local above it."""
+        if tier >= len(self.tiers):
+            return None
+        return self.threshold if tier == 0 else self.tiers[tier - 1].threshold
+
+    def settles(self, attempts: Sequence[Attempt], tier: int) -> tuple[bool, float]:
+        """Whether ``tier``'s attempts end the climb, and their P(success)."""
+        p = self.judge(attempts)
+        tau = self.threshold_of(tier)
+        return tau is None or (attempts[-1].valid and p >= tau), p
+
+
+__all__ = ["Judge", "Ladder", "Tier"]
