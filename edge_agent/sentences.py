@@ -60,7 +60,7 @@ def _generic(call: ToolCall, value: Any) -> str:
     if isinstance(value, Mapping) and "result" in value:
         value = value["result"]
     if value is None or value == {}:
-        return f"Done: {_label(call.name)}."
+        return f"Done: {place(call.name)}."
     shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return f"{_label(call.name)}: {_clip(shown)}."
 

@@ -24,11 +24,12 @@ from typing import Any
 from edge_agent.bench.bfcl_run import JOULES_PER_KWH, ROUTED_MODES, percentile
 from edge_agent.errors import BenchError
 
-MODES = ("llm", "slm", "slm-nogrammar", "cascade")
+MODES = ("llm", "slm", "slm-nogrammar", "ladder", "cascade")
 CONFIGURATIONS = {
     "llm": ("LLM baseline", "no"),
     "slm": ("SLM", "yes"),
     "slm-nogrammar": ("SLM", "no"),
+    "ladder": ("SLM ladder 0.5B→1.5B", "yes"),
     "cascade": ("cascade SLM→LLM", "yes"),
 }
 """mode → (configuration, schema constraint), the paper's row labels."""

@@ -55,6 +55,7 @@ from edge_agent.confidence import ConfidenceModel, features_from_result
 from edge_agent.config import AgentSettings, RouterSettings
 from edge_agent.engine.base import Engine
 from edge_agent.errors import BenchError, InputError, SchemaError
+from edge_agent.ladder import Ladder
 from edge_agent.power import EnergySample, PowerProbe, best_probe, cpu_model_name
 from edge_agent.prompts import Message
 from edge_agent.router import Cloud, Mode, RoutedResult, Router, cascade_agent_settings
@@ -88,12 +89,13 @@ SolverFactory = Callable[[Engine, AgentSettings, int], Solve]
 """Builds a mode's solver from the engine, the agent settings and max_tokens."""
 
 
-def local_solver(constrained: bool) -> SolverFactory:
-    """The SLM on its own, with or without the grammar."""
+def local_solver(constrained: bool, ladder: Ladder | None = None) -> SolverFactory:
+    """The SLM on its own, with or without the grammar; with ``ladder``, the
+    local ladder above it (mode ``ladder``, the default configuration)."""
 
     def factory(engine: Engine, settings: AgentSettings, max_tokens: int) -> Solve:
         def solve(messages: list[Message], tools: list[ToolSpec]) -> Result:
-            agent = Agent(engine, tools, settings, max_tokens=max_tokens)
+            agent = Agent(engine, tools, settings, max_tokens=max_tokens, ladder=ladder)
             return agent.ask(messages, tool_choice="auto", constrained=constrained)
 
         return solve
@@ -124,13 +126,15 @@ def routed_solver(
 
 
 MODES: dict[str, SolverFactory | None] = {
+    "ladder": None,
     "slm": local_solver(constrained=True),
     "slm-nogrammar": local_solver(constrained=False),
     "llm": None,
     "cascade": None,
 }
 """Mode name → solver; the routed modes (None here) need a cloud, so their
-solver comes from :func:`routed_solver`."""
+solver comes from :func:`routed_solver`, and ``ladder`` needs the tiers
+(``local_solver(True, ladder)``)."""
 ROUTED_MODES = frozenset({"llm", "cascade"})
 
 
@@ -172,6 +176,8 @@ class ItemRecord:
     p_success: float | None = None
     features: dict[str, float] | None = None
     slm_correct: bool | None = None  # cascade: would the SLM's own answer have passed?
+    tier: int | str = 0  # which rung answered: a local tier, or "cloud"
+    tiers: tuple[dict[str, Any], ...] = ()  # ladder: each tier's own answer, scored
 
     @classmethod
     def not_run(cls, item_id: str, reason: str, latency_s: float, energy_j: float) -> ItemRecord:
@@ -199,6 +205,8 @@ class ItemRecord:
             "p_success": None if self.p_success is None else round(self.p_success, 4),
             "features": self.features,
             "slm_correct": self.slm_correct,
+            "tier": self.tier,
+            "tiers": list(self.tiers),
         }
 
 
@@ -260,7 +268,15 @@ class BenchReport:
             "cost_per_success": self.cost_per_success,
             "routing_precision": precision,
             "routing_recall": recall,
+            "tier_share": self.tier_share(),
         }
+
+    def tier_share(self) -> dict[str, float]:
+        """Share of items each rung answered (``"0"``, ``"1"``, ``"cloud"``)."""
+        counts: dict[str, int] = {}
+        for item in self.items:
+            counts[str(item.tier)] = counts.get(str(item.tier), 0) + 1
+        return {name: counts[name] / self.n for name in sorted(counts)}
 
     def to_json(self) -> dict[str, Any]:
         from edge_agent import __version__
@@ -315,13 +331,17 @@ def run_bfcl(  # noqa: PLR0913 - keyword-only options after the inputs
     probe: PowerProbe | None = None,
     on_item: Callable[[ItemRecord], None] | None = None,
     solver: SolverFactory | None = None,
+    ladder: Ladder | None = None,
 ) -> BenchReport:
     """Answer and score every item; ``on_item`` sees each record as it is made.
-    The routed modes need ``solver`` (from :func:`routed_solver`)."""
+    The routed modes need ``solver`` (from :func:`routed_solver`); mode
+    ``ladder`` climbs ``ladder`` (without one it is tier 0 alone)."""
     options.check()
     probe = probe or best_probe()
     settings = AgentSettings(parallel_calls=options.parallel)
     factory = solver or MODES[options.mode]
+    if options.mode == "ladder":
+        factory = local_solver(constrained=True, ladder=ladder)
     if factory is None:
         raise BenchError(f"mode {options.mode} needs a cloud endpoint", hint="pass --llm-url")
     solve = factory(engine, settings, options.max_tokens)
@@ -376,6 +396,9 @@ def _score_local(
     calls = decoded_calls(result.final.parsed)
     check = check_item(category, item.functions, calls, item.ground_truth)
     first, final = result.attempts[0], result.final
+    tiers = (
+        _tier_answers(item, result, category) if len({a.tier for a in result.attempts}) > 1 else ()
+    )
     verified = final.valid and final.parsed.is_call
     return ItemRecord(
         id=item.id,
@@ -390,7 +413,33 @@ def _score_local(
         valid_at_1=first.valid and (first.parsed.is_call or "irrelevance" in category),
         exec_ok=check.correct and (verified or is_relevance_category(category)),
         features=features_from_result(result).to_json(),
+        p_success=final.p_success,
+        tier=result.tier,
+        tiers=tiers,
     )
+
+
+def _tier_answers(item: BfclItem, result: Result, category: str) -> tuple[dict[str, Any], ...]:
+    """Each tier's own last answer, scored, with its P(success) and time, so
+    a run with every item climbing can be replayed at any threshold."""
+    out = []
+    for tier in sorted({a.tier for a in result.attempts}):
+        attempts = [a for a in result.attempts if a.tier == tier and a.step == 0]
+        calls = decoded_calls(attempts[-1].parsed)
+        check = check_item(category, item.functions, calls, item.ground_truth)
+        seconds = sum(a.generation.timings.total_s for a in attempts)
+        p = attempts[-1].p_success
+        out.append(
+            {
+                "tier": tier,
+                "correct": check.correct,
+                "valid": attempts[-1].valid,
+                "p_success": None if p is None else round(p, 4),
+                "seconds": round(seconds, 4),
+                "attempts": len(attempts),
+            }
+        )
+    return tuple(out)
 
 
 def _score_routed(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.errors import BenchError
 
 if TYPE_CHECKING:
+    from edge_agent.assemble import Assembly
     from edge_agent.bench.bfcl_run import ItemRecord, SolverFactory
 
 
@@ -34,17 +35,28 @@ def register(subparsers: Any) -> None:
     p.add_argument("--category", required=True, metavar="NAME", help="e.g. simple_python")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
     p.add_argument("--skip", type=int, default=0, metavar="N", help="skip the first N questions")
-    p.add_argument("--mode", default="slm", metavar="|".join(MODES), help="default: slm")
+    p.add_argument(
+        "--mode",
+        default="ladder",
+        metavar="|".join(MODES),
+        help="default: ladder (the default configuration: tier 0, climbing to the "
+        "[ladder] tiers when unsure); slm = tier 0 alone",
+    )
+    p.add_argument(
+        "--ladder-threshold",
+        type=float,
+        metavar="TAU",
+        help="τ of tier 0 for mode ladder (default: the config's); 1.0 sends every item "
+        "up as well, so one run can be replayed at any threshold",
+    )
+    p.add_argument("--config", type=Path, metavar="FILE", help="edge-agent TOML config")
     p.add_argument("--model", metavar="NAME|PATH", help="manifest name or .gguf path")
     p.add_argument("--threads", type=int, metavar="N", help="llama.cpp threads")
     p.add_argument(
         "--engine",
         choices=("gbnf", "llguidance"),
-        default="gbnf",
-        help=(
-            "grammar engine: llama.cpp GBNF sampler (default: the README's tables "
-            "and the confidence model were measured with it) or llguidance masks"
-        ),
+        help="grammar engine (default: the config's model.engine, llguidance): "
+        "llguidance masks or llama.cpp's GBNF sampler",
     )
     p.add_argument(
         "--no-ff", action="store_true", help="llguidance: sample forced tokens one by one"
@@ -95,7 +107,7 @@ def run_bfcl_command(args: argparse.Namespace) -> int:
     )
     options.check()
     for flag, given in (("--no-ff", args.no_ff), ("--unscored-forced", args.unscored_forced)):
-        if given and args.engine != "llguidance":
+        if given and args.engine == "gbnf":
             raise BenchError(f"{flag} only applies to --engine llguidance")
     if args.skip < 0:
         raise BenchError(f"--skip must be at least 0, got {args.skip}")
@@ -106,9 +118,8 @@ def run_bfcl_command(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as closing:
         solver = _routed_solver(args, closing) if options.mode in ROUTED_MODES else None
         probe = best_probe(args.power)
-        from edge_agent.engine.llama import load_engine
-
-        engine = load_engine(args.model, n_threads=args.threads, engine=args.engine)
+        parts = _assembly(args)
+        engine = parts.engine(args.model, n_threads=args.threads)
         if args.no_ff or args.unscored_forced:
             from edge_agent.engine.guided import GuidedLlamaEngine
 
@@ -116,12 +127,30 @@ def run_bfcl_command(args: argparse.Namespace) -> int:
             engine = engine.with_options(
                 fast_forward=not args.no_ff, score_forced=not args.unscored_forced
             )
+        ladder = parts.ladder() if options.mode == "ladder" else None
         with _ProgressBar(len(items), args.no_progress) as update:
-            report = run_bfcl(items, engine, options, probe=probe, on_item=update, solver=solver)
+            report = run_bfcl(
+                items, engine, options, probe=probe, on_item=update, solver=solver, ladder=ladder
+            )
     if args.json is not None:
         _write_json(args.json, report.to_json())
     print(summary_table(report))
     return 0
+
+
+def _assembly(args: argparse.Namespace) -> Assembly:
+    """The composition root for a bench run: the config, with the engine and
+    ladder threshold the flags ask for."""
+    from edge_agent.assemble import Assembly
+    from edge_agent.config import load_config
+
+    config = load_config(getattr(args, "config", None))
+    update: dict[str, Any] = {}
+    if getattr(args, "engine", None):
+        update["model"] = config.model.model_copy(update={"engine": args.engine})
+    if getattr(args, "ladder_threshold", None) is not None:
+        update["ladder"] = config.ladder.model_copy(update={"threshold": args.ladder_threshold})
+    return Assembly(config.model_copy(update=update))
 
 
 def _routed_solver(args: argparse.Namespace, closing: contextlib.ExitStack) -> SolverFactory:
@@ -207,10 +236,10 @@ def _ablation_runner(
     first use, and ``stack`` closes it when the runs are done."""
     from edge_agent.bench.bfcl_run import ROUTED_MODES, BenchOptions, load_bfcl, run_bfcl
     from edge_agent.bench.cloud import Endpoint, routed_solver_for, standin_llm
-    from edge_agent.engine.llama import load_engine
     from edge_agent.power import best_probe
 
-    engine = load_engine(args.model, n_threads=args.threads)
+    parts = _assembly(args)
+    engine = parts.engine(args.model, n_threads=args.threads)
     probe = best_probe()
     cloud: list[Endpoint] = []
 
@@ -221,7 +250,7 @@ def _ablation_runner(
                     Endpoint(args.llm_url, args.llm_model, args.llm_token_file, args.llm_ca)
                 )
             else:
-                threads = args.threads or engine.n_threads
+                threads = args.threads or getattr(engine, "n_threads", 2)
                 cloud.append(stack.enter_context(standin_llm(args.llm, threads)))
         return cloud[0]
 
@@ -240,8 +269,11 @@ def _ablation_runner(
                 confidence=args.confidence,
             )
         bench = BenchOptions(category=category, mode=mode, kwh_price=options.kwh_price)
+        ladder = parts.ladder() if mode == "ladder" else None
         with _ProgressBar(len(items), args.no_progress) as update:
-            report = run_bfcl(items, engine, bench, probe=probe, on_item=update, solver=solver)
+            report = run_bfcl(
+                items, engine, bench, probe=probe, on_item=update, solver=solver, ladder=ladder
+            )
         data = report.to_json()
         data["llm"] = (args.llm_model or args.llm) if mode in ROUTED_MODES else None
         print(f"{category} {mode}: accuracy {data['accuracy']:.3f}", file=sys.stderr)
