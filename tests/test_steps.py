@@ -18,7 +18,8 @@ READ = (
     '"arguments": {"sensor": "temperature", "room": "bedroom"}}\n</tool_call>'
 )
 LIGHT = (
-    '<tool_call>\n{"name": "set_light", "arguments": {"room": "bedroom", "on": false}}\n</tool_call>'
+    '<tool_call>\n{"name": "set_light", '
+    '"arguments": {"room": "bedroom", "on": false}}\n</tool_call>'
 )
 
 
