@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from edge_agent.journal import Journal
     from edge_agent.offload.base import OffloadTransport
     from edge_agent.ratelimit import RateLimiter
-    from edge_agent.router import Cloud, Router
+    from edge_agent.router import Cloud, Router, Store
     from edge_agent.run import Attempt
     from edge_agent.sandbox.process import ProcessSandbox
 
@@ -261,13 +261,25 @@ class Assembly:
         budget = Budget(self.config.budget, SqliteLedger(journal.path))
         return cloud_for(transport, budget, self.config.router.link)
 
-    def router(self, agent: Agent, journal: Journal, cloud: Cloud | None = None) -> Router:
+    def router(
+        self,
+        agent: Agent,
+        store: Journal | Store,
+        cloud: Cloud | None = None,
+        *,
+        confidence: ConfidenceModel | None = None,
+    ) -> Router:
+        """The router over ``agent`` (its settings made the router's: one
+        local repair), recording in ``store`` or in a store on that journal."""
+        from edge_agent.journal import Journal
         from edge_agent.ledger import SqliteOutbox
         from edge_agent.router import Router, Store, cascade_agent_settings
 
+        if isinstance(store, Journal):
+            store = Store(store, SqliteOutbox(store.path))
         agent.settings = cascade_agent_settings(agent.settings)
-        store = Store(journal, SqliteOutbox(journal.path))
-        return Router(agent, self.confidence(), self.config.router, cloud=cloud, store=store)
+        judge = confidence or self.confidence()
+        return Router(agent, judge, self.config.router, cloud=cloud, store=store)
 
 
 def _available_memory() -> int:

@@ -18,8 +18,9 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from edge_agent.assemble import Assembly
 from edge_agent.budget import Budget
-from edge_agent.confidence import ConfidenceModel, load_confidence
+from edge_agent.confidence import ConfidenceModel
 from edge_agent.ledger import SqliteLedger, SqliteOutbox
 from edge_agent.router import Cloud, Delivery, RoutedResult, Router, Store, cloud_for
 
@@ -56,27 +57,20 @@ class RoutingHost:
 
     @classmethod
     def from_config(cls, config: EdgeAgentConfig, journal: Journal) -> RoutingHost | None:
-        """The host for ``config``, or None when nothing may leave the device."""
-        offload = config.offload
-        if not config.router.offload or (offload.https is None and offload.mqtt is None):
+        """The host for ``config``, or None when nothing may leave the device.
+        The transport and the confidence model come from the composition root,
+        so ``ask --mode cascade`` and the daemon honour the same config."""
+        parts = Assembly(config)
+        if not config.router.offload:
             return None
-        transport: OffloadTransport
-        if offload.https is not None:
-            from edge_agent.offload.https import HttpsTransport
-
-            transport = HttpsTransport(offload.https)
-        else:
-            from edge_agent.offload.mqtt import MqttTransport
-
-            assert offload.mqtt is not None
-            transport = MqttTransport(offload.mqtt)
-        confidence = load_confidence(config.router.confidence_model)
-        return cls(config, journal, transport, confidence)
+        transport = parts.transport()
+        if transport is None:
+            return None
+        return cls(config, journal, transport, parts.confidence())
 
     def router(self, agent: Agent) -> Router:
-        return Router(
-            agent, self.confidence, self.config.router, cloud=self.cloud, store=self.store
-        )
+        parts = Assembly(self.config)
+        return parts.router(agent, self.store, self.cloud, confidence=self.confidence)
 
     def answer(  # noqa: PLR0913 - keyword-only request options
         self,

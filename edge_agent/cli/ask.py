@@ -12,6 +12,7 @@ from typing import Any
 from edge_agent.agent import Agent
 from edge_agent.assemble import Assembly, stderr_status
 from edge_agent.calls import ToolCall
+from edge_agent.cli.endpoint import add_endpoint_flags
 from edge_agent.config import EdgeAgentConfig
 from edge_agent.errors import EngineError, InputError
 from edge_agent.registry import Tool
@@ -41,10 +42,7 @@ def register(subparsers: Any) -> None:
         default="slm",
         help="slm: local only; llm: the cloud model only; cascade: local, offload when unsure",
     )
-    parser.add_argument("--llm-url", metavar="URL", help="OpenAI-compatible base URL (…/v1)")
-    parser.add_argument("--llm-model", metavar="NAME", help="cloud model name")
-    parser.add_argument("--llm-token-file", type=Path, metavar="FILE", help="bearer token (0600)")
-    parser.add_argument("--llm-ca", type=Path, metavar="FILE", help="CA bundle for the endpoint")
+    add_endpoint_flags(parser.add_argument_group("llm and cascade modes: the cloud endpoint"))
     parser.set_defaults(handler=run)
 
 

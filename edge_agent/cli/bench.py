@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.cli.endpoint import add_endpoint_flags
 from edge_agent.errors import BenchError
 
 if TYPE_CHECKING:
@@ -72,10 +73,7 @@ def register(subparsers: Any) -> None:
         "--power", default="auto", metavar="SOURCE", help="auto|rapl|hwmon|cpu-model[:PROFILE]"
     )
     routed = p.add_argument_group("llm and cascade modes (a real OpenAI-compatible endpoint)")
-    routed.add_argument("--llm-url", metavar="URL", help="base URL, e.g. https://host/v1")
-    routed.add_argument("--llm-model", metavar="NAME", help="model name to ask for")
-    routed.add_argument("--llm-token-file", type=Path, metavar="FILE", help="bearer token (0600)")
-    routed.add_argument("--llm-ca", type=Path, metavar="FILE", help="CA bundle for the endpoint")
+    add_endpoint_flags(routed)
     routed.add_argument("--threshold", type=float, metavar="TAU", help="cascade τ (default 0.6)")
     routed.add_argument(
         "--confidence", type=Path, metavar="FILE", help="ONNX confidence model (default: shipped)"
@@ -181,10 +179,7 @@ def _add_ablation(kinds: Any) -> None:
     p.add_argument("--limit", type=int, default=100, metavar="N", help="items per category")
     p.add_argument("--model", metavar="NAME|PATH", help="the SLM (default: the default model)")
     p.add_argument("--llm", default="qwen2.5-coder-1.5b", metavar="NAME|PATH", help="stand-in")
-    p.add_argument("--llm-url", metavar="URL", help="a real endpoint instead of the stand-in")
-    p.add_argument("--llm-model", metavar="NAME")
-    p.add_argument("--llm-token-file", type=Path, metavar="FILE")
-    p.add_argument("--llm-ca", type=Path, metavar="FILE")
+    add_endpoint_flags(p.add_argument_group("a real endpoint instead of the stand-in"))
     p.add_argument("--threads", type=int, metavar="N", help="llama.cpp threads")
     p.add_argument("--threshold", type=float, metavar="TAU", help="cascade τ (default 0.6)")
     p.add_argument("--confidence", type=Path, metavar="FILE", help="ONNX confidence model")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from edge_agent.cli.endpoint import add_endpoint_flags
 from edge_agent.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -57,11 +58,8 @@ def register(subparsers: Any) -> None:
         "--no-share", action="store_true", help="subscribe plainly, not as a shared subscription"
     )
     parser.add_argument("--workers", type=int, metavar="N", help=doc("workers"))
-    parser.add_argument("--endpoint", metavar="URL", help=doc("base_url", endpoint))
-    parser.add_argument("--model", metavar="NAME", help=doc("model", endpoint))
-    parser.add_argument("--api-key-file", type=Path, metavar="F", help=doc("token_file", endpoint))
+    add_endpoint_flags(parser, model_alias=True)
     parser.add_argument("--api-key-env", metavar="VAR", help=doc("token_env", endpoint))
-    parser.add_argument("--ca-bundle", type=Path, metavar="F", help=doc("ca_bundle", endpoint))
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     parser.set_defaults(handler=_cloud_bridge)
 
@@ -73,11 +71,11 @@ def settings_from_args(args: argparse.Namespace) -> CloudBridgeSettings:
     base = _read_toml(args.config) if args.config else {}
     host, port = _host_port(args.broker) if args.broker else (None, None)
     endpoint = {
-        "base_url": args.endpoint,
-        "model": args.model,
-        "token_file": args.api_key_file,
+        "base_url": args.llm_url,
+        "model": args.llm_model,
+        "token_file": args.llm_token_file,
         "token_env": args.api_key_env,
-        "ca_bundle": args.ca_bundle,
+        "ca_bundle": args.llm_ca,
     }
     values: dict[str, Any] = {
         "host": host,

@@ -9,8 +9,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from edge_agent.assemble import Assembly
 from edge_agent.errors import InputError, ToolError
-from edge_agent.registry import BUILTIN_TOOLS_DIR, Registry, validate_args
+from edge_agent.registry import Registry, validate_args
 
 
 def register(subparsers: Any) -> None:
@@ -35,7 +36,7 @@ def _tools_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def _registry(dirs: list[Path]) -> Registry:
-    return Registry.from_dirs(*dirs, builtin=BUILTIN_TOOLS_DIR.is_dir())
+    return Assembly().registry(dirs=dirs)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -53,9 +54,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge_agent.sandbox import ProcessSandbox, harden_current_process
-
-    item = _registry(args.tools_dir).get(args.name)
+    parts = Assembly()
+    item = parts.registry(dirs=args.tools_dir).get(args.name)
     arguments = _arguments(args.args)
     try:
         model = validate_args(item, arguments)
@@ -63,8 +63,9 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"invalid arguments for {item.name!r}: {_one_line(exc)}") from None
     if model is not None:
         arguments = model.model_dump(mode="json")
-    harden_current_process()
-    result = ProcessSandbox().run(item, arguments)
+    # The assembly's sandbox: state=True tools get the state folder that
+    # `ask` and the daemon use, so `tools run set_light` acts on the same devices.
+    result = parts.sandbox().run(item, arguments)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0 if result.ok else 1
