@@ -92,4 +92,55 @@ class Ladder:
         return tau is None or (attempts[-1].valid and p >= tau), p
 
 
-__all__ = ["Judge", "Ladder", "Tier"]
+@dataclass(frozen=True)
+class Calibration:
+    """The threshold an error budget allows, and what it achieves on the
+    calibration items: how many answers the tier keeps (P ≥ τ), how many of
+    those are wrong, and the risk-controlled bound on the wrong share."""
+
+    threshold: float
+    kept: int
+    wrong: int
+    bound: float
+    n: int
+
+    @property
+    def error_rate(self) -> float:
+        """Wrong answers the tier keeps, as a share of all requests."""
+        return self.wrong / self.n if self.n else 0.0
+
+    @property
+    def keep_rate(self) -> float:
+        return self.kept / self.n if self.n else 0.0
+
+
+def threshold_for(
+    scored: Sequence[tuple[float, bool]], max_error: float, *, ceiling: float = 1.0
+) -> Calibration:
+    """The lowest τ at which a tier's kept wrong answers stay within ``max_error``.
+
+    ``scored`` holds (P(success), correct) of a tier's answers on items the
+    confidence model was not fitted on. The controlled risk is the share of
+    *all* requests that get a wrong answer the tier kept (P ≥ τ) instead of
+    climbing. That loss only grows as τ falls, so conformal risk control
+    applies: the bound (wrong + 1) / (n + 1) is valid for a new request
+    exchangeable with the calibration items, and the lowest τ whose bound is
+    within budget is the answer. With none, τ is ``ceiling``: the tier keeps
+    nothing and every request climbs.
+    """
+    ordered = sorted(scored, key=lambda pc: -pc[0])
+    n = len(ordered)
+    best = Calibration(ceiling, 0, 0, 1 / (n + 1), n)
+    wrong = 0
+    for index, (p, correct) in enumerate(ordered):
+        wrong += not correct
+        if index + 1 < n and ordered[index + 1][0] == p:
+            continue  # a τ keeps every answer with the same P
+        bound = (wrong + 1) / (n + 1)
+        if bound > max_error:
+            break
+        best = Calibration(p, index + 1, wrong, bound, n)
+    return best
+
+
+__all__ = ["Calibration", "Judge", "Ladder", "Tier", "threshold_for"]

@@ -1,0 +1,90 @@
+"""Replay the local ladder at any threshold from one recorded run.
+
+Run ``edge-agent bench bfcl --mode ladder --ladder-threshold 1.0 --json F``
+once per category: every item is then answered by tier 0 *and* tier 1, each
+answer scored on its own with its P(success) and decode time. This script
+replays τ without decoding again: an item stays on tier 0 when its answer
+was verified and P ≥ τ, else it takes tier 1's answer. Per τ it prints
+accuracy, the share that climbs and the mean model time per item (tier 0's
+time, plus tier 1's for the items that climb; the one-time model loads
+aside), next to tier 0 alone and tier 1 alone. Then it picks τ from the
+error budget (``edge_agent.ladder.threshold_for``): the lowest τ at which
+the wrong answers tier 0 keeps stay within ``--max-error`` of all requests.
+
+    python benchmarks/ladder_replay.py calib_simple_python.json calib_multiple.json ...
+        [--max-error 0.02]
+
+The replayed times are a model of the ladder, not a measurement of it: the
+acceptance speed figures come from a real run at the chosen τ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from edge_agent.ladder import threshold_for
+
+
+def load(paths: list[Path]) -> list[dict[str, Any]]:
+    items = []
+    for path in paths:
+        report = json.loads(path.read_text("utf-8"))
+        for item in report["per_item"]:
+            tiers = {t["tier"]: t for t in item.get("tiers") or []}
+            if {0, 1} <= set(tiers):
+                items.append({"category": report["category"], "t0": tiers[0], "t1": tiers[1]})
+    return items
+
+
+def replay(items: list[dict[str, Any]], tau: float) -> dict[str, float]:
+    right = seconds = climbed = 0.0
+    for item in items:
+        t0, t1 = item["t0"], item["t1"]
+        stays = t0["valid"] and (t0["p_success"] or 0.0) >= tau
+        right += t0["correct"] if stays else t1["correct"]
+        seconds += t0["seconds"] + (0.0 if stays else t1["seconds"])
+        climbed += not stays
+    n = len(items)
+    return {"accuracy": right / n, "climb": climbed / n, "mean_s": seconds / n}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("reports", type=Path, nargs="+", help="bench --json files")
+    parser.add_argument("--max-error", type=float, default=0.02, help="router.max_local_error")
+    args = parser.parse_args()
+    items = load(args.reports)
+    n = len(items)
+    alone = [sum(i[k]["correct"] for i in items) / n for k in ("t0", "t1")]
+    times = [sum(i[k]["seconds"] for i in items) / n for k in ("t0", "t1")]
+    print(f"{n} items; tier 0 alone {alone[0]:.3f} ({times[0]:.2f} s), "
+          f"tier 1 alone {alone[1]:.3f} ({times[1]:.2f} s)")  # fmt: skip
+    print("| τ | accuracy | climbs | mean model s | vs tier 1 time |")
+    print("|---|---|---|---|---|")
+    for tau in (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0):
+        r = replay(items, tau)
+        ratio = r["mean_s"] / times[1]
+        cells = [f"{tau:.2f}", f"{r['accuracy']:.3f}", f"{r['climb']:.2f}", f"{r['mean_s']:.2f}"]
+        print("| " + " | ".join([*cells, f"{ratio:.2f}×"]) + " |")
+    scored = [((i["t0"]["p_success"] or 0.0) if i["t0"]["valid"] else 0.0, i["t0"]["correct"])
+              for i in items]  # fmt: skip
+    cal = threshold_for(scored, args.max_error)
+    r = replay(items, cal.threshold)
+    print(
+        f"\nerror budget {args.max_error:.0%}: τ0 = {cal.threshold:.4f}; tier 0 keeps "
+        f"{cal.kept}/{n} ({cal.keep_rate:.0%}), {cal.wrong} of them wrong "
+        f"({cal.error_rate:.1%} of all items, bound {cal.bound:.1%}); ladder accuracy "
+        f"{r['accuracy']:.3f}, climbs {r['climb']:.0%}, {r['mean_s'] / times[1]:.2f}× tier 1's time"
+    )
+    for category in sorted({i["category"] for i in items}):
+        part = [i for i in items if i["category"] == category]
+        rc = replay(part, cal.threshold)
+        print(f"  {category}: {len(part)} items, accuracy {rc['accuracy']:.3f}, "
+              f"climbs {rc['climb']:.0%}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
