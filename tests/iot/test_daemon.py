@@ -47,6 +47,9 @@ max_tokens = 96
 [agent]
 max_steps = 1
 
+[ladder]
+enabled = false  # the rules' decisions are what this tests, not the climb
+
 [server]
 request_timeout_s = 1800
 drain_timeout_s = 600

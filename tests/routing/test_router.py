@@ -535,6 +535,8 @@ def daemon_config(llm: LlmServer | None, threshold: float, **https: Any) -> dict
         "model": {"name": "qwen2.5-coder-0.5b", "n_threads": 1, "max_tokens": 96},
         "server": {"drain_timeout_s": 600, "request_timeout_s": 1800},
         "router": {"threshold": threshold},
+        # Tier 0 straight to the cloud: the 1.5B runs as the LLM stand-in here.
+        "ladder": {"enabled": False},
     }
     if llm is not None:
         config["offload.https"] = {

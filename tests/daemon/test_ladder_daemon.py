@@ -1,0 +1,48 @@
+"""The daemon with the default ladder (Qwen 0.5B, then Qwen 1.5B): both models
+stay loaded, an unsure request climbs, and an executed action answers in one
+model step with a sentence."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.daemon.conftest import QWEN, start_daemon
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+
+def test_an_unsure_request_climbs_and_is_answered_in_a_sentence(tmp_path: Path) -> None:
+    config = {
+        "model": {"name": QWEN, "n_threads": 2, "max_tokens": 96, "prefix_cache": False},
+        # τ0 = 1.0: tier 0 is never sure enough, so every request climbs.
+        "ladder": {"threshold": 1.0},
+        "server": {"request_timeout_s": 1800, "drain_timeout_s": 600},
+    }
+    daemon = start_daemon(tmp_path, config)
+    try:
+        assert "ladder tier qwen2.5-coder-1.5b: on" in daemon.log()
+        body = {
+            "model": QWEN,
+            "messages": [{"role": "user", "content": "Turn off the bedroom light"}],
+            "x_edge_agent_tools": ["set_light", "read_sensor"],
+            "x_edge_agent_execute": True,
+        }
+        with daemon.client() as client:
+            response = client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        out = response.json()
+        ext = out["x_edge_agent"]
+        assert ext["tier"] == 1 and ext["model_steps"] == 1
+        [step] = ext["steps"]
+        assert step["name"] == "set_light" and step["status"] == "done"
+        assert step["arguments"] == {"room": "bedroom", "on": False}
+        assert out["choices"][0]["message"]["content"] == "Bedroom light off."
+        with closing(sqlite3.connect(daemon.journal, timeout=10)) as db:
+            models = [row[0] for row in db.execute("SELECT model FROM attempts ORDER BY n")]
+        assert models == [QWEN, "qwen2.5-coder-1.5b"]
+    finally:
+        assert daemon.stop() == 0
