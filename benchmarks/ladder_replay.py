@@ -11,8 +11,12 @@ aside), next to tier 0 alone and tier 1 alone. Then it picks τ from the
 error budget (``edge_agent.ladder.threshold_for``): the lowest τ at which
 the wrong answers tier 0 keeps stay within ``--max-error`` of all requests.
 
-    python benchmarks/ladder_replay.py calib_simple_python.json calib_multiple.json ...
-        [--max-error 0.02]
+    python benchmarks/ladder_replay.py test_*.json [--tune tune_*.json] [--max-error 0.02]
+
+``--tune``: bench reports of tier 0 alone (``--mode slm``) on *other* items
+(the tuning items from 100 on); τ0 is then chosen on them, with P(success)
+recomputed from each item's recorded features by the shipped confidence
+model, and only replayed on the reports given first.
 
 The replayed times are a model of the ladder, not a measurement of it: the
 acceptance speed figures come from a real run at the chosen τ.
@@ -25,7 +29,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edge_agent.confidence import Features, load_confidence
 from edge_agent.ladder import threshold_for
+
+
+def tuning_scores(paths: list[Path]) -> list[tuple[float, bool]]:
+    """(P(success), correct) of tier 0's answers in ``--mode slm`` reports."""
+    model = load_confidence(None)
+    scored = []
+    for path in paths:
+        for item in json.loads(path.read_text("utf-8"))["per_item"]:
+            if item.get("features"):
+                p = model.p_success(Features.from_json(item["features"]))
+                scored.append((p, bool(item["correct"])))
+    return scored
 
 
 def load(paths: list[Path]) -> list[dict[str, Any]]:
@@ -55,6 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("reports", type=Path, nargs="+", help="bench --json files")
     parser.add_argument("--max-error", type=float, default=0.02, help="router.max_local_error")
+    parser.add_argument(
+        "--tune", type=Path, nargs="*", default=[], help="slm reports to pick τ0 on"
+    )
     args = parser.parse_args()
     items = load(args.reports)
     n = len(items)
@@ -69,12 +89,16 @@ def main() -> None:
         ratio = r["mean_s"] / times[1]
         cells = [f"{tau:.2f}", f"{r['accuracy']:.3f}", f"{r['climb']:.2f}", f"{r['mean_s']:.2f}"]
         print("| " + " | ".join([*cells, f"{ratio:.2f}×"]) + " |")
-    scored = [((i["t0"]["p_success"] or 0.0) if i["t0"]["valid"] else 0.0, i["t0"]["correct"])
-              for i in items]  # fmt: skip
+    scored = tuning_scores(args.tune) if args.tune else [
+        ((i["t0"]["p_success"] or 0.0) if i["t0"]["valid"] else 0.0, i["t0"]["correct"])
+        for i in items
+    ]  # fmt: skip
     cal = threshold_for(scored, args.max_error)
+    picked_on = f"{len(scored)} tuning items" if args.tune else "these items (not held out)"
+    print(f"\nτ0 picked on {picked_on}")
     r = replay(items, cal.threshold)
     print(
-        f"\nerror budget {args.max_error:.0%}: τ0 = {cal.threshold:.4f}; tier 0 keeps "
+        f"error budget {args.max_error:.0%}: τ0 = {cal.threshold:.4f}; tier 0 keeps "
         f"{cal.kept}/{n} ({cal.keep_rate:.0%}), {cal.wrong} of them wrong "
         f"({cal.error_rate:.1%} of all items, bound {cal.bound:.1%}); ladder accuracy "
         f"{r['accuracy']:.3f}, climbs {r['climb']:.0%}, {r['mean_s'] / times[1]:.2f}× tier 1's time"
