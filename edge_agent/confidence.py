@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from edge_agent.errors import ConfigError, InputError
+from edge_agent.resources import data_path
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -470,7 +471,7 @@ class OnnxConfidence:
         return np.clip(out.reshape(len(batch)).astype(np.float64), 0.0, 1.0)
 
 
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "confidence.onnx"
+SHIPPED_MODEL = data_path("models") / "confidence.onnx"
 """Fitted by ``benchmarks/calibrate_confidence.sh`` on BFCL tuning items."""
 
 

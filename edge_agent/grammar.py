@@ -30,9 +30,10 @@ from typing import Any
 
 from edge_agent.calls import CALL_CLOSE, CALL_OPEN
 from edge_agent.errors import UnsupportedSchemaError
+from edge_agent.resources import data_path
 from edge_agent.schema import JSONSchema, ToolSpec, schema_hash
 
-GRAMMARS_DIR = Path(__file__).resolve().parent.parent / "grammars"
+GRAMMARS_DIR = data_path("grammars")
 _PRIMITIVES_FILE = GRAMMARS_DIR / "json.gbnf"
 _MAX_REPEAT = 64  # longer {m,n} bounds make llama.cpp expand huge rule sets
 _MAX_STRING_BOUND = 256

@@ -29,8 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.errors import ChecksumError, ModelError, ModelFetchError, ModelNotFoundError
 from edge_agent.gguf_check import GGUFInfo, validate_gguf
+from edge_agent.resources import data_path
 
-MANIFEST_PATH = Path(__file__).resolve().parent.parent / "models" / "manifest.toml"
+MANIFEST_PATH = data_path("models") / "manifest.toml"
 _CHUNK = 1 << 20
 
 

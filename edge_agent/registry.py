@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from edge_agent.errors import SchemaError, ToolDefinitionError, ToolNotFoundError
+from edge_agent.resources import data_path
 from edge_agent.schema import ToolSpec, normalize_tool
 
 SideEffect = Literal["read", "actuate", "dangerous"]
@@ -38,7 +39,7 @@ function, both over the call's arguments overlaid with its result's fields
 _MARK = "__edge_agent_tool__"
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|min|minute|h|hour)\s*$")
 _RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
-BUILTIN_TOOLS_DIR = Path(__file__).resolve().parent.parent / "tools"
+BUILTIN_TOOLS_DIR = data_path("tools")
 
 
 @dataclass(frozen=True)
