@@ -112,8 +112,8 @@ class RouterSettings(BaseModel):
     )
     confidence_model: Path | None = Field(
         None,
-        description="ONNX confidence model; None = models/confidence.onnx when present, "
-        "else the built-in min-logprob heuristic",
+        description="confidence model: JSON logistic weights, or .onnx (needs edge-agent[onnx]); "
+        "None = models/confidence.json when present, else the built-in min-logprob heuristic",
     )
     offload: bool = Field(True, description="offload uncertain requests when a cloud is set")
     offload_max_tokens: int = Field(
