@@ -5,19 +5,24 @@
 #   ./install.sh            runtime + default model (Qwen2.5-Coder-0.5B, INT4)
 #   ./install.sh --dev      also test tools, Debian test packages, the test models
 #   ./install.sh --service  also install the systemd unit (see README)
+#   ./install.sh --platform only check this platform and print the llama.cpp
+#                           build flags it would use
 #
 # Environment: PYTHON (default python3), EDGE_AGENT_MODELS_DIR (model cache),
-# EDGE_AGENT_CUDA=1 to build llama.cpp with CUDA (Jetson), CMAKE_ARGS to
-# pass your own llama.cpp build flags.
+# EDGE_AGENT_CUDA=1 to build llama.cpp with CUDA (a Jetson's architecture is
+# set from its model), CMAKE_ARGS to pass your own llama.cpp build flags.
+# Package versions are pinned by constraints.txt.
 set -euo pipefail
 
 DEV=0
 SERVICE=0
+PLATFORM_ONLY=0
 for arg in "$@"; do
   case "$arg" in
     --dev) DEV=1 ;;
     --service) SERVICE=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --platform) PLATFORM_ONLY=1 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -25,6 +30,93 @@ done
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 say() { printf '\n== %s\n' "$*"; }
+refuse() { echo "install.sh: $*" >&2; exit 1; }
+
+# What this machine is. The EDGE_AGENT_TEST_* variables stand in for the real
+# machine in tests (tests/test_install_platform.py); nothing else sets them.
+MACHINE=${EDGE_AGENT_TEST_MACHINE:-$(uname -m)}
+SYSROOT=${EDGE_AGENT_TEST_SYSROOT:-}
+
+glibc_version() {  # "2.36", or nothing on a non-glibc system (musl)
+  if [ -n "${EDGE_AGENT_TEST_GLIBC+x}" ]; then echo "$EDGE_AGENT_TEST_GLIBC"; return; fi
+  getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}'
+}
+
+python_bits() {  # a 32-bit userland on a 64-bit kernel still says aarch64 in uname
+  if [ -n "${EDGE_AGENT_TEST_PYTHON_BITS:-}" ]; then echo "$EDGE_AGENT_TEST_PYTHON_BITS"; return; fi
+  "$PYTHON" -c 'import struct; print(struct.calcsize("P") * 8)' 2>/dev/null || echo 64
+}
+
+# llama-cpp-python and llguidance have no 32-bit ARM wheels or builds, and
+# the aarch64 wheels need glibc 2.31 (Debian 11, Ubuntu 20.04, Pi OS bullseye).
+check_platform() {
+  case "$MACHINE" in
+    armv6l|armv7l|armv8l|armhf|arm)
+      refuse "32-bit ARM ($MACHINE) is not supported: llama-cpp-python and llguidance" \
+        "have no 32-bit builds; install 64-bit Raspberry Pi OS (aarch64) instead" ;;
+  esac
+  if [ "$(python_bits)" = 32 ]; then
+    refuse "a 32-bit userland ($MACHINE kernel, 32-bit $PYTHON) is not supported:" \
+      "llama-cpp-python and llguidance have no 32-bit builds; install 64-bit Raspberry Pi OS (aarch64) instead"
+  fi
+  if [ "$MACHINE" = aarch64 ]; then
+    local glibc
+    glibc=$(glibc_version)
+    if [ -z "$glibc" ] || ! printf '%s\n' 2.31 "$glibc" | sort -V -C; then
+      refuse "aarch64 needs glibc >= 2.31 (found ${glibc:-none}): use Debian 11," \
+        "Ubuntu 20.04, Raspberry Pi OS bullseye or newer"
+    fi
+  fi
+}
+
+jetson_model() {  # the board's model string on an NVIDIA Jetson, else fails
+  local model
+  model=$({ tr -d '\0' <"$SYSROOT/proc/device-tree/model"; } 2>/dev/null || true)
+  if [ -f "$SYSROOT/etc/nv_tegra_release" ] \
+    || { [ "$MACHINE" = aarch64 ] && [[ "$model" == *NVIDIA* ]]; }; then
+    echo "${model:-NVIDIA Jetson}"
+  else
+    return 1
+  fi
+}
+
+cuda_arch() {  # the compute capability of a Jetson model string
+  case "$1" in
+    *Orin*) echo 87 ;;         # AGX Orin, Orin NX, Orin Nano
+    *Xavier*) echo 72 ;;       # AGX Xavier, Xavier NX
+    *TX2*) echo 62 ;;
+    *Nano*|*TX1*) echo 53 ;;   # the original Jetson Nano
+    *) echo "" ;;
+  esac
+}
+
+llama_cmake_args() {  # llama.cpp build flags for this machine (CMAKE_ARGS wins)
+  if [ -n "${CMAKE_ARGS:-}" ]; then echo "$CMAKE_ARGS"; return; fi
+  local args="-DGGML_NATIVE=ON" model arch
+  if [ "${EDGE_AGENT_CUDA:-0}" = "1" ]; then
+    args="$args -DGGML_CUDA=on"
+    if model=$(jetson_model); then
+      arch=$(cuda_arch "$model")
+      if [ -n "$arch" ]; then
+        args="$args -DCMAKE_CUDA_ARCHITECTURES=$arch"
+      else
+        echo "install.sh: unknown Jetson '$model': CUDA architecture left to CMake" \
+          "(pass CMAKE_ARGS=... to choose)" >&2
+      fi
+    fi
+  elif model=$(jetson_model); then
+    echo "install.sh: $model: EDGE_AGENT_CUDA=1 would build llama.cpp for its GPU" >&2
+  fi
+  echo "$args"
+}
+
+check_platform
+if [ "$PLATFORM_ONLY" -eq 1 ]; then
+  echo "platform: $MACHINE, glibc $(glibc_version), ${EDGE_AGENT_CUDA:+CUDA=$EDGE_AGENT_CUDA, }supported"
+  if model=$(jetson_model); then echo "jetson: $model"; fi
+  echo "CMAKE_ARGS=$(llama_cmake_args)"
+  exit 0
+fi
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -57,16 +149,26 @@ fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip setuptools wheel
 
-if [ -z "${CMAKE_ARGS:-}" ]; then
-  CMAKE_ARGS="-DGGML_NATIVE=ON"
-  if [ "${EDGE_AGENT_CUDA:-0}" = "1" ]; then CMAKE_ARGS="$CMAKE_ARGS -DGGML_CUDA=on"; fi
-fi
+CMAKE_ARGS=$(llama_cmake_args)
 export CMAKE_ARGS
+if [[ "$CMAKE_ARGS" == *GGML_CUDA=on* ]] && ! command -v nvcc >/dev/null \
+  && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH="/usr/local/cuda/bin:$PATH"  # JetPack installs nvcc off the PATH
+fi
 say "edge-agent (llama-cpp-python is compiled for this CPU on first install: minutes)"
+# constraints.txt pins every dependency (and llama-cpp-python, whose private
+# API the engine uses: tests/engine/test_llama_contract.py) to tested versions.
+PINS=(-c constraints.txt)
+PYVER=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ "$PYVER" != 3.11 ]; then
+  echo "install.sh: constraints.txt pins versions for Python 3.11, this is $PYVER:" \
+    "installing the newest compatible versions instead (untested)" >&2
+  PINS=()
+fi
 if [ "$DEV" -eq 1 ]; then
-  "${PIP[@]}" install -e '.[dev]'
+  "${PIP[@]}" install "${PINS[@]}" -e '.[dev]'
 else
-  "${PIP[@]}" install -e .
+  "${PIP[@]}" install "${PINS[@]}" -e .
 fi
 
 say "default model"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fit the shipped confidence model (models/confidence.onnx) on BFCL tuning data
+# Fit the shipped confidence model (models/confidence.json) on BFCL tuning data
 # the benchmark tables never use: simple_python/multiple/irrelevance items
 # after the first 100 (the tables take at most the first 100). Never the
 # live_* categories: they are held out.
@@ -22,5 +22,5 @@ run() {  # category skip limit
 run simple_python 100 50
 run multiple 100 40
 run irrelevance 100 50
-"$EA" router calibrate --out models/confidence.onnx \
+"$EA" router calibrate --out models/confidence.json \
   $(for f in "$OUT"/*.json; do printf -- '--from-bench %s ' "$f"; done)

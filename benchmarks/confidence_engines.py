@@ -1,6 +1,6 @@
 """Does the shipped confidence model read another grammar engine's runs the same way?
 
-The confidence model (``models/confidence.onnx``) was fitted on features of
+The confidence model (``models/confidence.json``) was fitted on features of
 GBNF-engine runs. llguidance with fast-forward leaves forced tokens unscored
 (log-probability 0) unless ``score_forced`` is on, which moves the
 log-probability features. This script takes ``edge-agent bench bfcl --json``
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.confidence import SHIPPED_MODEL, Features, OnnxConfidence, calibration
+from edge_agent.confidence import SHIPPED_MODEL, Features, calibration, load_confidence
 
 
 def load(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--confidence", type=Path, default=SHIPPED_MODEL)
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args(argv)
-    model = OnnxConfidence(args.confidence)
+    model = load_confidence(args.confidence)
     runs: dict[str, list[Path]] = {}
     for spec in args.runs:
         label, _, path = spec.partition("=")

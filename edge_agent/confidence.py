@@ -33,13 +33,18 @@ read (truncated JSON, a non-ASCII split across tokens) falls back to all
 tokens; that is reported in ``Features.aligned``.
 
 Models map features to P(success): :class:`HeuristicConfidence`, a fixed,
-documented logistic on ``min_logprob`` used when nothing is configured, and
-:class:`OnnxConfidence`, any ONNX classifier over the feature vector, run by
-onnxruntime. :func:`fit_logistic` fits an L2-regularised logistic regression
-(Newton/IRLS in numpy: small and deterministic) and :func:`logistic_onnx`
-writes it as an ONNX graph with the standardisation baked in. Isotonic
-calibration is not implemented. ``onnx`` is imported only when writing a
-model; onnxruntime only when loading one.
+documented logistic on ``min_logprob`` used when nothing is configured;
+:class:`LogisticConfidence`, a logistic regression whose weights are a small
+JSON file evaluated with numpy (the shipped model, ``models/confidence.json``);
+and :class:`OnnxConfidence`, any ONNX classifier over the feature vector, run
+by onnxruntime. ONNX is an optional extra (``pip install 'edge-agent[onnx]'``):
+a 13-weight logistic does not justify the biggest package in the venv, nor
+one with no 32-bit ARM wheel. :func:`fit_logistic` fits an L2-regularised
+logistic regression (Newton/IRLS in numpy: small and deterministic);
+:meth:`LogisticFit.to_json` writes it for numpy and :func:`logistic_onnx` as
+an ONNX graph with the standardisation baked in. Isotonic calibration is not
+implemented. ``onnx`` is imported only when writing an ONNX model,
+onnxruntime only when loading one.
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 LOGPROB_FLOOR = -30.0
 INPUT_NAME = "features"
+LOGISTIC_FORMAT = "edge-agent-logistic/1"
+ONNX_EXTRA_HINT = "install the extra: pip install 'edge-agent[onnx]' (or ./install.sh --dev)"
 OUTPUT_NAME = "p_success"
 _CALL_KEYS = frozenset({"arguments", "parameters"})
 _LITERAL_RE = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null")
@@ -426,10 +433,9 @@ class OnnxConfidence:
     on one thread; a file that does not fit is a :class:`ConfigError`."""
 
     def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
-
         if not path.is_file():
             raise ConfigError(f"confidence model {path} does not exist")
+        ort = _import_optional("onnxruntime", f"load the ONNX confidence model {path}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -471,16 +477,58 @@ class OnnxConfidence:
         return np.clip(out.reshape(len(batch)).astype(np.float64), 0.0, 1.0)
 
 
-SHIPPED_MODEL = data_path("models") / "confidence.onnx"
+def _import_optional(module: str, purpose: str) -> Any:
+    """Import a package of the ``onnx`` extra, or say which extra is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{module} is needed to {purpose} but is not installed", hint=ONNX_EXTRA_HINT
+        ) from exc
+
+
+class LogisticConfidence:
+    """A logistic regression read from a JSON file (:meth:`LogisticFit.to_json`)
+    and evaluated with numpy: no runtime beyond numpy, identical on every
+    platform. A file that does not fit is a :class:`ConfigError`."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise ConfigError(f"confidence model {path} does not exist")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"confidence model {path} cannot be read: {exc}") from exc
+        self.path = path
+        self.fit = LogisticFit.from_json(data, source=str(path))
+        self.metadata: dict[str, Any] = dict(data.get("metadata") or {})
+
+    def p_success(self, features: Features) -> float:
+        return float(self.predict(np.asarray([features.vector()]))[0])
+
+    def predict(self, rows: NDArray[Any]) -> NDArray[np.float64]:
+        """P(success) for a batch of feature rows."""
+        return self.fit.predict(rows)
+
+
+SHIPPED_MODEL = data_path("models") / "confidence.json"
 """Fitted by ``benchmarks/calibrate_confidence.sh`` on BFCL tuning items."""
 
 
 def load_confidence(path: Path | None, *, shipped: Path = SHIPPED_MODEL) -> ConfidenceModel:
-    """The ONNX model at ``path``; without one, the model shipped in
-    ``models/`` (fitted on BFCL tuning data), else the heuristic."""
-    if path is not None:
+    """The model at ``path`` (``.onnx``: run by onnxruntime, from the ``onnx``
+    extra; anything else: logistic weights as JSON, run by numpy); without one,
+    the model shipped in ``models/`` (fitted on BFCL tuning data), else the
+    heuristic."""
+    if path is None:
+        if not shipped.is_file():
+            return HeuristicConfidence()
+        path = shipped
+    if path.suffix.lower() == ".onnx":
         return OnnxConfidence(path)
-    return OnnxConfidence(shipped) if shipped.is_file() else HeuristicConfidence()
+    return LogisticConfidence(path)
 
 
 # ---------------------------------------------------------------- fitting
@@ -499,7 +547,62 @@ class LogisticFit:
     def predict(self, rows: NDArray[Any]) -> NDArray[np.float64]:
         x = (np.asarray(rows, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
         z = x @ np.asarray(self.weights) + self.bias
-        return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+        # exp(-z) overflows to inf for z < -709: 1 / inf is the right 0.0.
+        with np.errstate(over="ignore"):
+            return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+
+    def to_json(
+        self, names: Sequence[str] = FEATURE_NAMES, metadata: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The fit as the JSON :class:`LogisticConfidence` reads. Floats are
+        written by ``repr``, so a round trip gives the same bits."""
+        if len(self.weights) != len(names):
+            raise InputError(f"the fit has {len(self.weights)} weights for {len(names)} names")
+        return {
+            "format": LOGISTIC_FORMAT,
+            "formula": "p = sigmoid(((x - mean) / scale) . coefficients + intercept)",
+            "feature_names": list(names),
+            "mean": list(self.mean),
+            "scale": list(self.scale),
+            "coefficients": list(self.weights),
+            "intercept": self.bias,
+            "metadata": {"iterations": self.iterations, **(metadata or {})},
+        }
+
+    @classmethod
+    def from_json(cls, data: object, *, source: str = "the model") -> LogisticFit:
+        """Read :meth:`to_json` output; it must be for :data:`FEATURE_NAMES`."""
+        if not isinstance(data, dict) or data.get("format") != LOGISTIC_FORMAT:
+            raise ConfigError(
+                f"confidence model {source} is not an edge-agent logistic model",
+                hint=f'its "format" must be "{LOGISTIC_FORMAT}" (a .onnx file runs in onnxruntime)',
+            )
+        names = data.get("feature_names")
+        if names != list(FEATURE_NAMES):
+            raise ConfigError(
+                f"confidence model {source} was fitted on other features: {names}",
+                hint="refit it with `edge-agent router calibrate`",
+            )
+        width = len(FEATURE_NAMES)
+        try:
+            vectors = [_floats(data[k], width, k) for k in ("mean", "scale", "coefficients")]
+            bias = _floats([data["intercept"]], 1, "intercept")[0]
+        except (KeyError, InputError) as exc:
+            raise ConfigError(f"confidence model {source} is malformed: {exc}") from exc
+        if any(v == 0.0 for v in vectors[1]):
+            raise ConfigError(f"confidence model {source} has a zero scale")
+        meta = data.get("metadata")
+        iterations = meta.get("iterations", 0) if isinstance(meta, dict) else 0
+        mean, scale, weights = (tuple(v) for v in vectors)
+        return cls(
+            mean, scale, weights, bias, int(iterations) if isinstance(iterations, int) else 0
+        )
+
+
+def _floats(value: object, width: int, name: str) -> list[float]:
+    if not isinstance(value, list) or len(value) != width:
+        raise InputError(f"{name} must be a list of {width} numbers")
+    return [_finite(v, name) for v in value]
 
 
 def fit_logistic(
@@ -560,15 +663,16 @@ def _training_data(
 
 
 def logistic_onnx(fit: LogisticFit, names: Sequence[str] = FEATURE_NAMES) -> bytes:
-    """The fit as a serialised ONNX model: Sub, Div, MatMul, Add, Sigmoid."""
-    import onnx
+    """The fit as a serialised ONNX model: Sub, Div, MatMul, Add, Sigmoid
+    (needs the ``onnx`` package, from the ``onnx`` extra)."""
+    onnx = _import_optional("onnx", "write an ONNX confidence model")
     from onnx import TensorProto, helper
 
     width = len(names)
     if len(fit.weights) != width:
         raise InputError(f"the fit has {len(fit.weights)} weights for {width} feature names")
 
-    def const(name: str, values: Sequence[float], shape: list[int]) -> onnx.TensorProto:
+    def const(name: str, values: Sequence[float], shape: list[int]) -> Any:
         return helper.make_tensor(name, TensorProto.FLOAT, shape, [float(v) for v in values])
 
     nodes = [
@@ -684,6 +788,7 @@ __all__ = [
     "ConfidenceModel",
     "Features",
     "HeuristicConfidence",
+    "LogisticConfidence",
     "LogisticFit",
     "OnnxConfidence",
     "calibration",

@@ -46,6 +46,14 @@ class ModelSettings(BaseModel):
     n_threads: int | None = Field(
         None, ge=1, le=256, description="llama.cpp threads; None = physical cores"
     )
+    n_gpu_layers: int = Field(
+        0,
+        ge=-1,
+        description=(
+            "layers llama.cpp offloads to the GPU (a CUDA build, e.g. EDGE_AGENT_CUDA=1 "
+            "on a Jetson); 0 = CPU only, -1 = all"
+        ),
+    )
     max_tokens: int = Field(256, ge=8, le=8192, description="tokens generated per attempt")
     engine: EngineKind = Field(
         "llguidance",
@@ -157,8 +165,8 @@ class RouterSettings(BaseModel):
     )
     confidence_model: Path | None = Field(
         None,
-        description="ONNX confidence model; None = models/confidence.onnx when present, "
-        "else the built-in min-logprob heuristic",
+        description="confidence model: JSON logistic weights, or .onnx (needs edge-agent[onnx]); "
+        "None = models/confidence.json when present, else the built-in min-logprob heuristic",
     )
     offload: bool = Field(True, description="offload uncertain requests when a cloud is set")
     offload_max_tokens: int = Field(

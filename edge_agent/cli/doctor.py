@@ -23,4 +23,7 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"  {name.ljust(width[0])}  {state.ljust(width[1])}  {detail}")
     allowed, why = untrusted_allowed(layers)
     print(f"untrusted tools: {'can run' if allowed else 'refused'} ({why})")
+    from edge_agent.engine.gpu import gpu_offload_line
+
+    print(gpu_offload_line())
     return 0

@@ -1,4 +1,8 @@
-"""`edge-agent router calibrate`: fit the confidence model and write it as ONNX.
+"""`edge-agent router calibrate`: fit the confidence model and write it.
+
+The model is written as JSON logistic weights, evaluated with numpy (what
+``models/confidence.json`` is); an ``--out`` ending in ``.onnx`` writes an
+ONNX graph instead, which needs the ``onnx`` extra.
 
 Examples come from benchmark reports (``bench bfcl --json``: per-item
 features and whether the item was correct) and/or from a journal (offloaded
@@ -34,7 +38,14 @@ def register(subparsers: Any) -> None:
         help="a `bench bfcl --json` report (repeatable)",
     )
     p.add_argument("--from-journal", type=Path, metavar="PATH", help="a journal database")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the .onnx to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the model to write: JSON weights run by numpy (e.g. confidence.json), "
+        "or an ONNX graph if FILE ends in .onnx (needs edge-agent[onnx])",
+    )
     p.add_argument("--l2", type=float, default=1.0, metavar="L", help="L2 penalty (default 1)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=run_calibrate)
@@ -51,9 +62,20 @@ def run_calibrate(args: argparse.Namespace) -> int:
         fit = fit_logistic(x, y, l2=args.l2)
     except InputError as exc:
         raise BenchError(f"cannot calibrate: {exc.message}") from exc
-    model = logistic_onnx(fit)
-    _write(args.out, model)
     p = fit.predict(x)
+    if args.out.suffix.lower() == ".onnx":
+        model = logistic_onnx(fit)
+    else:
+        meta = {
+            "examples": len(labels),
+            "successes": int(y.sum()),
+            "l2": args.l2,
+            "in_sample": calibration(p, y).to_json(),
+            "sources": [str(b) for b in args.from_bench]
+            + ([str(args.from_journal)] if args.from_journal else []),
+        }
+        model = (json.dumps(fit.to_json(metadata=meta), indent=2) + "\n").encode("utf-8")
+    _write(args.out, model)
     summary: dict[str, Any] = {
         "out": str(args.out),
         "examples": len(labels),

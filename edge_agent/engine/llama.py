@@ -54,6 +54,7 @@ class LlamaEngine:
         *,
         n_ctx: int = 4096,
         n_threads: int | None = None,
+        n_gpu_layers: int = 0,
         name: str | None = None,
     ) -> None:
         import llama_cpp
@@ -69,6 +70,7 @@ class LlamaEngine:
                     n_ctx=n_ctx,
                     n_threads=self.n_threads,
                     n_threads_batch=self.n_threads,
+                    n_gpu_layers=n_gpu_layers,
                     verbose=False,
                 )
         except (ValueError, RuntimeError, OSError) as exc:
@@ -193,6 +195,7 @@ def load_engine(
     *,
     n_ctx: int = 4096,
     n_threads: int | None = None,
+    n_gpu_layers: int = 0,
     engine: Literal["gbnf"] = "gbnf",
 ) -> LlamaEngine: ...
 
@@ -203,6 +206,7 @@ def load_engine(
     *,
     n_ctx: int = 4096,
     n_threads: int | None = None,
+    n_gpu_layers: int = 0,
     engine: EngineKind,
 ) -> LlamaEngine | GuidedLlamaEngine: ...
 
@@ -212,17 +216,27 @@ def load_engine(
     *,
     n_ctx: int = 4096,
     n_threads: int | None = None,
+    n_gpu_layers: int = 0,
     engine: EngineKind = "gbnf",
 ) -> LlamaEngine | GuidedLlamaEngine:
     """Resolve a model name or path, check the file, then load it.
 
     ``engine`` picks how grammars are enforced (the config's ``model.engine``);
     both kinds load the model the same way, so switching costs nothing at load.
+    ``n_gpu_layers`` (the config's ``model.n_gpu_layers``) is handed to
+    llama.cpp as is: 0 keeps every layer on the CPU, -1 offloads all of them,
+    and a build without GPU support ignores it.
     """
     from edge_agent.models import resolve_model
 
     resolved = resolve_model(model)
-    base = LlamaEngine(resolved.path, n_ctx=n_ctx, n_threads=n_threads, name=resolved.name)
+    base = LlamaEngine(
+        resolved.path,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_gpu_layers=n_gpu_layers,
+        name=resolved.name,
+    )
     if engine == "gbnf":
         return base
     if engine == "llguidance":

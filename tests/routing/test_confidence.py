@@ -1,5 +1,6 @@
-"""Confidence features, the fallback heuristic, the logistic fit and its
-ONNX form (run by onnxruntime), and one calibration on a real SLM run."""
+"""Confidence features, the fallback heuristic, the logistic fit, its JSON
+and ONNX forms, and one calibration on a real SLM run. The numpy model
+against the ONNX one it replaced: test_confidence_numpy.py."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from edge_agent.confidence import (
     FEATURE_NAMES,
     Features,
     HeuristicConfidence,
+    LogisticConfidence,
     OnnxConfidence,
     calibration,
     call_value_spans,
@@ -235,13 +237,13 @@ def test_heuristic_is_a_documented_logistic_on_min_logprob() -> None:
 
 
 def test_default_is_the_shipped_model_else_the_heuristic(tmp_path: Path) -> None:
-    from edge_agent.confidence import SHIPPED_MODEL, OnnxConfidence
+    from edge_agent.confidence import SHIPPED_MODEL, LogisticConfidence
 
-    missing = tmp_path / "none.onnx"
+    missing = tmp_path / "none.json"
     assert isinstance(load_confidence(None, shipped=missing), HeuristicConfidence)
-    assert SHIPPED_MODEL.is_file(), "models/confidence.onnx is part of the repo"
+    assert SHIPPED_MODEL.is_file(), "models/confidence.json is part of the repo"
     shipped = load_confidence(None)
-    assert isinstance(shipped, OnnxConfidence)
+    assert isinstance(shipped, LogisticConfidence)
     assert shipped.path == SHIPPED_MODEL
 
 
@@ -370,15 +372,21 @@ def test_calibrate_cli_writes_a_loadable_model(
     ]
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"per_item": per_item}))
-    out = tmp_path / "model" / "confidence.onnx"
+    out = tmp_path / "model" / "confidence.json"
     assert calibrate("--from-bench", str(bench), "--out", str(out), "--json") == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["examples"] == 120 and summary["successes"] == int(y.sum())
     assert summary["thresholds"][0]["threshold"] == 0.3
-    model = OnnxConfidence(out)
+    model = load_confidence(out)
+    assert isinstance(model, LogisticConfidence)
+    assert model.metadata["examples"] == 120 and model.metadata["l2"] == 1.0
     assert 0.0 <= model.p_success(Features(*x[0].tolist())) <= 1.0
-    assert calibrate("--from-bench", str(bench), "--out", str(out)) == 0
+    onnx_out = tmp_path / "model" / "confidence.onnx"
+    assert calibrate("--from-bench", str(bench), "--out", str(onnx_out)) == 0
     assert "local share" in capsys.readouterr().out
+    onnx_model = OnnxConfidence(onnx_out)
+    row = Features(*x[0].tolist())
+    assert onnx_model.p_success(row) == pytest.approx(model.p_success(row), abs=1e-5)
 
 
 def test_calibrate_cli_errors_are_one_line(tmp_path: Path) -> None:
