@@ -29,7 +29,9 @@ def register(subparsers: Any) -> None:
     bench = subparsers.add_parser("bench", help="run a benchmark and report its metrics")
     kinds = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     p = kinds.add_parser("bfcl", help="BFCL v4 single-turn function calling, AST-scored")
-    p.add_argument("--questions", type=Path, required=True, metavar="FILE")
+    p.add_argument(
+        "--questions", type=Path, required=True, metavar="FILE", help="a BFCL data file (JSONL)"
+    )
     p.add_argument("--answers", type=Path, metavar="FILE", help="the possible_answer file")
     p.add_argument("--category", required=True, metavar="NAME", help="e.g. simple_python")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
@@ -148,14 +150,16 @@ def _add_ablation(kinds: Any) -> None:
     p.add_argument("--bfcl", type=Path, required=True, metavar="DIR", help="BFCL v4 folder")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="reports go here")
     p.add_argument("--categories", default=",".join(TUNING), metavar="A,B", help="tuning only")
-    p.add_argument("--modes", default=",".join(MODES), metavar="A,B")
+    p.add_argument(
+        "--modes", default=",".join(MODES), metavar="A,B", help="which rows of the table to run"
+    )
     p.add_argument("--limit", type=int, default=100, metavar="N", help="items per category")
     p.add_argument("--model", metavar="NAME|PATH", help="the SLM (default: the default model)")
     p.add_argument("--llm", default="qwen2.5-coder-1.5b", metavar="NAME|PATH", help="stand-in")
     p.add_argument("--llm-url", metavar="URL", help="a real endpoint instead of the stand-in")
-    p.add_argument("--llm-model", metavar="NAME")
-    p.add_argument("--llm-token-file", type=Path, metavar="FILE")
-    p.add_argument("--llm-ca", type=Path, metavar="FILE")
+    p.add_argument("--llm-model", metavar="NAME", help="model name to ask the endpoint for")
+    p.add_argument("--llm-token-file", type=Path, metavar="FILE", help="bearer token (0600)")
+    p.add_argument("--llm-ca", type=Path, metavar="FILE", help="CA bundle for the endpoint")
     p.add_argument("--threads", type=int, metavar="N", help="llama.cpp threads")
     p.add_argument("--threshold", type=float, metavar="TAU", help="cascade τ (default 0.6)")
     p.add_argument("--confidence", type=Path, metavar="FILE", help="ONNX confidence model")

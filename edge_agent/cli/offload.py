@@ -62,7 +62,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--api-key-file", type=Path, metavar="F", help=doc("token_file", endpoint))
     parser.add_argument("--api-key-env", metavar="VAR", help=doc("token_env", endpoint))
     parser.add_argument("--ca-bundle", type=Path, metavar="F", help=doc("ca_bundle", endpoint))
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING"],
+        help="how much to log on stderr (default: INFO)",
+    )
     parser.set_defaults(handler=_cloud_bridge)
 
 
