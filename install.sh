@@ -138,8 +138,11 @@ command -v cc >/dev/null && command -v c++ >/dev/null && command -v cmake >/dev/
   || apt_install build-essential cmake
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 
+# bubblewrap lets the sandbox contain any tool, as root too (edge-agent doctor says
+# what it grants); small, and the install goes on without it.
+apt_install bubblewrap || echo "install.sh: bubblewrap not installed; see edge-agent doctor" >&2
 if [ "$DEV" -eq 1 ]; then
-  apt_install mosquitto bubblewrap chromium-headless-shell  # broker, sandbox, dashboard test
+  apt_install mosquitto chromium-headless-shell  # broker, dashboard test
 fi
 
 if [ ! -x .venv/bin/python ]; then

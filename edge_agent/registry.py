@@ -11,6 +11,7 @@ the verifier and the function signature cannot drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import inspect
@@ -117,7 +118,9 @@ def tool(  # noqa: PLR0913 - these are the documented @tool options
 class Tool:
     """A registered tool: what the model sees (``spec``), how it may run
     (``policy``), how arguments are checked (``args_model``) and where the
-    implementation lives, so a sandbox child can import it again."""
+    implementation lives, so a sandbox child can import it again.
+    ``builtin`` marks the project's own tools (``tools/``): the sandbox runs
+    them even where it cannot contain a third-party tool."""
 
     spec: ToolSpec
     policy: ToolPolicy
@@ -125,6 +128,7 @@ class Tool:
     module_file: Path | None = None
     function: str | None = None
     func: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    builtin: bool = False
 
     @property
     def name(self) -> str:
@@ -177,14 +181,18 @@ class Registry:
         for folder in folders:
             if not folder.is_dir():
                 raise ToolDefinitionError(f"tools folder {folder} does not exist")
-            for path in sorted(folder.glob("*.py")):
-                if not path.name.startswith("_"):
-                    for item in tools_from_module(path):
-                        registry.add(item)
-            for path in sorted(folder.glob("*.json")):
-                for item in tools_from_json_file(path):
-                    registry.add(item)
+            ours = builtin and folder == BUILTIN_TOOLS_DIR
+            for item in _tools_in(folder):
+                registry.add(dataclasses.replace(item, builtin=True) if ours else item)
         return registry
+
+
+def _tools_in(folder: Path) -> Iterator[Tool]:
+    for path in sorted(folder.glob("*.py")):
+        if not path.name.startswith("_"):
+            yield from tools_from_module(path)
+    for path in sorted(folder.glob("*.json")):
+        yield from tools_from_json_file(path)
 
 
 def load_module(path: Path) -> ModuleType:

@@ -41,10 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="On-device agent runtime: small models, constrained tool calls, verified.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--version", action="version", version=f"edge-agent {version()}", help="print the version"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
+
+
+def version() -> str:
+    """The installed distribution's version; a bare source tree has none."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("edge-agent")
+    except metadata.PackageNotFoundError:
+        return "(version unknown: not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

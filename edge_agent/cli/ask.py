@@ -25,11 +25,22 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--tools", type=Path, metavar="FILE", help="JSON list of function definitions"
     )
-    parser.add_argument("--tools-dir", type=Path, action="append", default=[], metavar="DIR")
+    parser.add_argument(
+        "--tools-dir",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another folder of tool modules (repeatable)",
+    )
     parser.add_argument("--model", metavar="NAME|PATH", help="manifest name or .gguf path")
     parser.add_argument("--config", type=Path, metavar="FILE", help="edge-agent TOML config")
     parser.add_argument("--threads", type=int, metavar="N", help="llama.cpp threads")
-    parser.add_argument("--tool-choice", metavar="auto|required|none|NAME")
+    parser.add_argument(
+        "--tool-choice",
+        metavar="auto|required|none|NAME",
+        help="whether a call is required, forbidden, or must be to tool NAME (default: config)",
+    )
     parser.add_argument("--parallel", action="store_true", help="allow several calls")
     parser.add_argument("--no-exec", action="store_true", help="propose calls, don't run them")
     parser.add_argument(

@@ -31,7 +31,9 @@ def register(subparsers: Any) -> None:
     bench = subparsers.add_parser("bench", help="run a benchmark and report its metrics")
     kinds = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     p = kinds.add_parser("bfcl", help="BFCL v4 single-turn function calling, AST-scored")
-    p.add_argument("--questions", type=Path, required=True, metavar="FILE")
+    p.add_argument(
+        "--questions", type=Path, required=True, metavar="FILE", help="a BFCL data file (JSONL)"
+    )
     p.add_argument("--answers", type=Path, metavar="FILE", help="the possible_answer file")
     p.add_argument("--category", required=True, metavar="NAME", help="e.g. simple_python")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
@@ -175,7 +177,9 @@ def _add_ablation(kinds: Any) -> None:
     p.add_argument("--bfcl", type=Path, required=True, metavar="DIR", help="BFCL v4 folder")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="reports go here")
     p.add_argument("--categories", default=",".join(TUNING), metavar="A,B", help="tuning only")
-    p.add_argument("--modes", default=",".join(MODES), metavar="A,B")
+    p.add_argument(
+        "--modes", default=",".join(MODES), metavar="A,B", help="which rows of the table to run"
+    )
     p.add_argument("--limit", type=int, default=100, metavar="N", help="items per category")
     p.add_argument("--model", metavar="NAME|PATH", help="the SLM (default: the default model)")
     p.add_argument("--llm", default="qwen2.5-coder-1.5b", metavar="NAME|PATH", help="stand-in")

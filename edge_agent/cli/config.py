@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("config", help="check a config file, or print an example")
     sub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = sub.add_parser("check", help="validate FILE; errors name the line and the key")
-    check.add_argument("file", type=Path, metavar="FILE")
+    check.add_argument("file", type=Path, metavar="FILE", help="the TOML config to check")
     check.set_defaults(handler=_check)
     example = sub.add_parser("example", help="print a full config with every option explained")
     example.set_defaults(handler=_example)

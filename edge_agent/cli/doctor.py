@@ -7,22 +7,51 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("doctor", help="check what this machine supports")
+    parser = subparsers.add_parser(
+        "doctor",
+        help="check what this machine supports",
+        description="Report the sandbox layers this machine grants and whether untrusted "
+        "tools can be contained (EDGE_AGENT_SANDBOX_DISABLE turns layers off).",
+    )
     parser.set_defaults(handler=_doctor)
 
 
 def _doctor(args: argparse.Namespace) -> int:
     del args
-    from edge_agent.sandbox.probe import describe, detect_layers, untrusted_allowed
+    from edge_agent.sandbox.probe import (
+        DISABLE_ENV,
+        OPTIONAL_LAYERS,
+        LayerStatus,
+        containment,
+        describe,
+        detect_host,
+        detect_layers,
+        disabled_from_env,
+    )
 
-    layers = detect_layers()
-    rows = [("LAYER", "STATE", "DETAIL"), *describe(layers.values())]
+    off = disabled_from_env()
+    verdict = containment(off)
+
+    def shown(layer: LayerStatus) -> LayerStatus:
+        if layer.name in off:
+            return LayerStatus(layer.name, False, f"disabled by {DISABLE_ENV}")
+        if layer.active and layer.name in OPTIONAL_LAYERS and layer.name not in verdict.layers:
+            why = f"{detect_host().private_path} is not readable by other users"
+            return LayerStatus(layer.name, False, f"{why}, and bwrap is disabled")
+        return layer
+
+    layers = [shown(layer) for layer in detect_layers().values()]
+    rows = [("LAYER", "STATE", "DETAIL"), *describe(layers)]
     width = [max(len(row[i]) for row in rows) for i in range(2)]
     print("sandbox layers:")
     for name, state, detail in rows:
         print(f"  {name.ljust(width[0])}  {state.ljust(width[1])}  {detail}")
-    allowed, why = untrusted_allowed(layers)
-    print(f"untrusted tools: {'can run' if allowed else 'refused'} ({why})")
+    if verdict.contained:
+        print(f"untrusted tools: contained ({verdict.reason})")
+    else:
+        print(f"untrusted tools: not contained here ({verdict.reason})")
+        print("  built-in tools still run with the layers above; other untrusted tools are refused")
+        print(f"  hint: {verdict.hint}")
     from edge_agent.engine.gpu import gpu_offload_line
 
     print(gpu_offload_line())

@@ -60,7 +60,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--workers", type=int, metavar="N", help=doc("workers"))
     add_endpoint_flags(parser, model_alias=True)
     parser.add_argument("--api-key-env", metavar="VAR", help=doc("token_env", endpoint))
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING"],
+        help="how much to log on stderr (default: INFO)",
+    )
     parser.set_defaults(handler=_cloud_bridge)
 
 

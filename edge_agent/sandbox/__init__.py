@@ -2,7 +2,8 @@
 
 This sandbox stops accidents and common attacks; it is not a VM. See
 :mod:`edge_agent.sandbox.process` for what each call gets and
-:func:`detect_layers` (``edge-agent doctor``) for what this machine grants.
+:func:`detect_layers` and :func:`containment` (``edge-agent doctor``) for
+what this machine grants.
 
 The heavy parts load on first use: the sandbox child imports this package
 at every call and needs none of them.
@@ -16,27 +17,29 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.sandbox.base import KilledBy, Sandbox, SandboxLimits, SandboxResult
 
 if TYPE_CHECKING:
-    from edge_agent.sandbox.probe import LayerStatus, detect_layers, untrusted_allowed
+    from edge_agent.sandbox.probe import Containment, LayerStatus, containment, detect_layers
     from edge_agent.sandbox.process import ProcessSandbox, harden_current_process
 
 _LAZY = {
+    "Containment": "probe",
     "LayerStatus": "probe",
+    "containment": "probe",
     "detect_layers": "probe",
-    "untrusted_allowed": "probe",
     "ProcessSandbox": "process",
     "harden_current_process": "process",
 }
 
 __all__ = [
+    "Containment",
     "KilledBy",
     "LayerStatus",
     "ProcessSandbox",
     "Sandbox",
     "SandboxLimits",
     "SandboxResult",
+    "containment",
     "detect_layers",
     "harden_current_process",
-    "untrusted_allowed",
 ]
 
 

@@ -9,6 +9,11 @@ supervisor inside, and by this process, which kills the whole call if the
 supervisor does not answer. Afterwards nothing of the call is left: no
 process (cgroup, PID namespace or subreaper walk), no folder.
 
+A tool not marked ``trusted`` runs only where the machine contains it (see
+:func:`~edge_agent.sandbox.probe.containment`, the rule ``doctor`` prints);
+the built-in tools, the project's own code, run anyway with the layers
+there are, and the user is told so once.
+
 Tool modules are imported again inside the child, so only the module file
 and the import path are reachable. Note that building a ``Registry`` imports
 the same modules in the daemon: only load tool folders you trust that far.
@@ -40,15 +45,17 @@ import psutil
 
 from edge_agent.errors import SandboxError
 from edge_agent.registry import Tool
-from edge_agent.sandbox import bwrap, cgroup, child, seccomp
+from edge_agent.sandbox import bwrap, child, seccomp
 from edge_agent.sandbox.base import KilledBy, SandboxLimits, SandboxResult
 from edge_agent.sandbox.cgroup import CallCgroup
 from edge_agent.sandbox.probe import (
-    LayerStatus,
-    detect_layers,
+    OPTIONAL_LAYERS,
+    Containment,
+    containment,
+    disabled_from_env,
+    import_paths,
+    present,
     python_paths,
-    untrusted_allowed,
-    world_reachable,
 )
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -64,7 +71,6 @@ _ETC = (
     *("protocols", "passwd", "group", "mime.types", "os-release"),
 )
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
-_OPTIONAL_LAYERS = frozenset({"privdrop", "seccomp", "landlock", "bwrap", "cgroup"})
 
 
 def harden_current_process() -> None:
@@ -76,6 +82,10 @@ def harden_current_process() -> None:
     """
     seccomp.prctl(seccomp.PR_SET_DUMPABLE, 0)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _note_on_stderr(message: str) -> None:
+    print(f"edge-agent: note: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -93,9 +103,14 @@ class ProcessSandbox:
 
     ``disable`` names optional layers to leave out (``privdrop``,
     ``seccomp``, ``landlock``, ``bwrap``, ``cgroup``), for tests and for
-    machines where one misbehaves. ``env`` adds variables a deployment
-    chooses to give every tool (an allowlist, a locale); the daemon's own
-    environment never reaches a tool.
+    machines where one misbehaves; ``EDGE_AGENT_SANDBOX_DISABLE`` adds to
+    it. ``env`` adds variables a deployment chooses to give every tool (an
+    allowlist, a locale); the daemon's own environment never reaches a tool.
+
+    A tool not marked ``trusted`` runs only where :func:`containment` says
+    this machine contains it, except the built-in tools (the project's own
+    code): they run with the layers there are, and ``notice`` (one line on
+    stderr by default) says so once.
     """
 
     def __init__(
@@ -105,14 +120,18 @@ class ProcessSandbox:
         disable: Iterable[str] = (),
         env: Mapping[str, str] | None = None,
         state_root: Path | None = None,
+        notice: Callable[[str], None] = _note_on_stderr,
     ) -> None:
         self.limits = limits or SandboxLimits()
         self.disable = frozenset(disable)
         self.env = dict(env or {})
         self.state_root = state_root
-        unknown = self.disable - _OPTIONAL_LAYERS
+        self.notice = notice
+        self._noted = False
+        unknown = self.disable - OPTIONAL_LAYERS
         if unknown:
             raise ValueError(f"unknown sandbox layers: {sorted(unknown)}")
+        self.disable |= disabled_from_env()
 
     def run(self, tool: Tool, arguments: dict[str, Any]) -> SandboxResult:
         if tool.module_file is None or tool.function is None:
@@ -142,16 +161,13 @@ class ProcessSandbox:
         return folder
 
     def _plan(self, tool: Tool) -> _Plan:
-        """The layers this call gets; refuses an untrusted tool it cannot contain."""
-        status = detect_layers()
-        on = {name for name, layer in status.items() if layer.active} - self.disable
+        """The layers this call gets; refuses a third-party tool it cannot contain."""
+        verdict = containment(self.disable)
+        if not tool.policy.trusted and not verdict.contained:
+            self._uncontained(tool, verdict)
+        on = verdict.layers
         use_bwrap = bwrap.find() if "bwrap" in on else None
-        uid = None
-        if "privdrop" in on and (use_bwrap is not None or _python_reachable()):
-            uid = _UID_BASE + secrets.randbelow(_UID_SPAN)
-        if not tool.policy.trusted:
-            pids_max = "cgroup" in on and "pids" in cgroup.delegated_controllers()
-            _refuse_if_uncontained(tool, on, status, root_bound=uid is not None or pids_max)
+        uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if "privdrop" in on else None
         layers = {"rlimits", "env", "workdir", "no_new_privs", "reaper"}
         layers |= on & {"seccomp", "landlock", "cgroup"}
         if use_bwrap is not None:
@@ -167,34 +183,20 @@ class ProcessSandbox:
             layers=tuple(sorted(layers)),
         )
 
-
-_HINT = (
-    "enable Landlock (lsm=landlock,... on the kernel command line) or install bubblewrap "
-    "with user namespaces; as root, keep Python readable by other users; "
-    "or mark the tool trusted=True"
-)
-
-
-def _refuse_if_uncontained(
-    tool: Tool, on: set[str], status: dict[str, LayerStatus], *, root_bound: bool
-) -> None:
-    """Untrusted tools need filesystem isolation, and as root a bound on processes."""
-    reason = None
-    if not on & {"landlock", "bwrap"}:
-        allowed, why = untrusted_allowed(status)
-        reason = why if not allowed else "landlock and bwrap are both disabled"
-    elif os.geteuid() == 0 and not root_bound:
-        reason = (
-            "running as root, the call can neither drop to another uid nor get a cgroup "
-            "with pids.max, so a fork bomb would not be contained"
-        )
-    if reason is not None:
-        raise SandboxError(f"refusing to run untrusted tool {tool.name!r}: {reason}", hint=_HINT)
-
-
-def _python_reachable() -> bool:
-    """Whether a child that dropped to another uid could still import what it needs."""
-    return all(world_reachable(p) for p in python_paths() + _import_paths(landlocked=True))
+    def _uncontained(self, tool: Tool, verdict: Containment) -> None:
+        """A built-in tool (our own code) runs with the layers there are, and the
+        user is told once; any other tool is refused, with the missing piece."""
+        if not tool.builtin:
+            raise SandboxError(
+                f"refusing to run untrusted tool {tool.name!r}: {verdict.reason}",
+                hint=f"{verdict.hint}, or mark the tool trusted=True if you trust its code",
+            )
+        if not self._noted:
+            self._noted = True
+            self.notice(
+                f"built-in tools run only partly contained here ({verdict.reason}); "
+                f"other untrusted tools are refused (hint: {verdict.hint})"
+            )
 
 
 class _Call:
@@ -256,7 +258,7 @@ class _Call:
         res_r, res_w = os.pipe2(os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         inner = [sys.executable, "-I", "-B", "-c", child.BOOT, child.MARKER, str(res_w)]
-        inner += [str(p) for p in _import_paths()]
+        inner += [str(p) for p in import_paths()]
         argv = inner
         if self.plan.bwrap is not None:
             argv = bwrap.command(
@@ -350,12 +352,12 @@ class _Call:
         paths = [Path(d) for d in bwrap.SYSTEM_DIRS if d != "/etc"]
         paths += [Path("/etc", name) for name in _ETC]
         paths += [Path(d) for d in _DEVICES]
-        paths += python_paths() + _import_paths(landlocked=True)
+        paths += python_paths() + import_paths(landlocked=True)
         if self.tool.module_file is not None:  # its folder: tools load sibling helpers
             paths.append(Path(self.tool.module_file).resolve().parent)
         if self.tool.policy.network:
             paths.append(Path("/run/systemd/resolve"))
-        return [p for p in dict.fromkeys(paths) if _present(p)]
+        return [p for p in dict.fromkeys(paths) if present(p)]
 
     def _kill(self) -> None:
         if self.group is not None:
@@ -512,37 +514,6 @@ class _Pipes:
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-
-
-def _present(path: Path) -> bool:
-    """Whether ``path`` exists for this process. A non-root daemon (the
-    systemd unit's user) may meet paths it cannot even stat, such as an
-    interpreter resolved through a 0700 home: those are left out rather than
-    failing the call, since this process could not grant them anyway."""
-    try:
-        return path.exists()
-    except OSError:
-        return False
-
-
-def _import_paths(*, landlocked: bool = False) -> list[Path]:
-    """The daemon's import path for the child: edge-agent first, then sys.path
-    without the current folder. With ``landlocked``, a source checkout is
-    narrowed to its ``edge_agent`` package (the child imported it already)."""
-    import edge_agent
-
-    package = Path(edge_agent.__file__).resolve().parent
-    root = package.parent
-    cwd = Path.cwd()
-    paths = [root]
-    for entry in sys.path:
-        path = Path(entry)
-        if entry and path.is_absolute() and path != cwd and _present(path):
-            paths.append(path)
-    paths = list(dict.fromkeys(paths))
-    if landlocked and root.name not in ("site-packages", "dist-packages"):
-        paths = [package if p == root else p for p in paths]
-    return paths
 
 
 def _tree(pid: int) -> list[int]:

@@ -24,10 +24,10 @@ from edge_agent.sandbox import (
     Sandbox,
     SandboxLimits,
     SandboxResult,
+    containment,
     detect_layers,
     landlock,
     seccomp,
-    untrusted_allowed,
 )
 from edge_agent.sandbox import bwrap as bwrap_mod
 from tests.sandbox.conftest import ESCAPE_TOOLS, OUR_MODULES, Runner, _nobody_runner
@@ -162,10 +162,11 @@ def test_root_without_a_process_bound_is_refused(registry: Registry) -> None:
         sandbox.run(registry.get("fork_bomb"), {})
 
 
-def test_untrusted_allowed_reports_why() -> None:
-    off = {name: dataclasses.replace(s, active=False) for name, s in LAYERS.items()}
-    allowed, why = untrusted_allowed(off)
-    assert not allowed and "trusted=True" in why
+def test_without_isolation_the_verdict_names_what_is_missing() -> None:
+    verdict = containment({"landlock", "bwrap"})
+    assert not verdict.contained and "no filesystem isolation" in verdict.reason
+    if LAYERS["bwrap"].active:  # the cheapest piece to get back is the one turned off
+        assert verdict.hint == "remove bwrap from EDGE_AGENT_SANDBOX_DISABLE"
 
 
 def test_unknown_layer_name() -> None:
