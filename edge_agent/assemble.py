@@ -169,7 +169,8 @@ class Assembly:
                 f"needs {need / 2**20:.0f} MiB free (model file + headroom), "
                 f"{max(free, 0) / 2**20:.0f} MiB available: tier 0 answers alone",
             )
-        return TierStatus(tier.name, True, f"{resolved.path.name}, τ below it to climb")
+        size = resolved.path.stat().st_size / 2**20
+        return TierStatus(tier.name, True, f"{resolved.path.name}, {size:.0f} MiB, fits in memory")
 
     def _judge(self, attempts: Sequence[Attempt]) -> float:
         from edge_agent.confidence import features_from_attempts

@@ -55,4 +55,13 @@ def _doctor(args: argparse.Namespace) -> int:
     from edge_agent.engine.gpu import gpu_offload_line
 
     print(gpu_offload_line())
+    _ladder()
     return 0
+
+
+def _ladder() -> None:
+    """Each local tier above the default model: on, or off and why."""
+    from edge_agent.assemble import Assembly
+
+    for tier in Assembly().tier_status():
+        print(f"ladder tier {tier.name}: {'on' if tier.on else 'off'} ({tier.detail})")
