@@ -168,7 +168,9 @@ def _toml(value: object) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     if isinstance(value, dict):
-        items = ", ".join(f"{_key(str(k))} = {_toml(v)}" for k, v in value.items())
+        # TOML has no null: an unset key is left out, which means its default.
+        kept = {k: v for k, v in value.items() if v is not None}
+        items = ", ".join(f"{_key(str(k))} = {_toml(v)}" for k, v in kept.items())
         return "{ " + items + " }" if items else "{}"
     return json.dumps(str(value), ensure_ascii=False)
 
