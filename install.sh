@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install edge-agent into ./.venv and fetch the default model. Idempotent:
+# Install edge-agent into ./.venv and fetch the local models. Idempotent:
 # run it again and it only does what is missing.
 #
-#   ./install.sh            runtime + default model (Qwen2.5-Coder-0.5B, INT4)
+#   ./install.sh            runtime + the default model (Qwen2.5-Coder-0.5B, INT4)
+#                           + the ladder's tier 1 (Qwen2.5-Coder-1.5B, INT4), which
+#                           requests climb to when the default model is unsure
 #   ./install.sh --dev      also test tools, Debian test packages, the test models
 #   ./install.sh --service  also install the systemd unit (see README)
 #   ./install.sh --platform only check this platform and print the llama.cpp
@@ -174,12 +176,12 @@ else
   "${PIP[@]}" install "${PINS[@]}" -e .
 fi
 
-say "default model"
+say "default model, and tier 1 of the ladder"
 .venv/bin/edge-agent models fetch --quiet
+.venv/bin/edge-agent models fetch qwen2.5-coder-1.5b --quiet
 if [ "$DEV" -eq 1 ]; then
   say "test models"
   .venv/bin/edge-agent models fetch smollm2-135m --quiet
-  .venv/bin/edge-agent models fetch qwen2.5-coder-1.5b --quiet
 fi
 
 if [ "$SERVICE" -eq 1 ]; then
