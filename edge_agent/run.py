@@ -8,6 +8,7 @@ base types and the call envelope.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -92,12 +93,20 @@ class Result:
 
     @property
     def calls(self) -> tuple[ToolCall, ...]:
-        """Verified calls of every step, in order (executed or not)."""
+        """Verified calls of every step, in order (executed or not); a call a
+        later step proposed again, which the agent never runs twice, is
+        listed once."""
         calls: list[ToolCall] = []
+        seen: set[str] = set()
         for step in sorted({a.step for a in self.attempts}):
             last = [a for a in self.attempts if a.step == step][-1]
-            if last.valid:
-                calls += [v.call for v in last.verdicts if v.ok and v.call]
+            if not last.valid:
+                continue
+            for call in (v.call for v in last.verdicts if v.ok and v.call):
+                key = json.dumps(call.to_dict(), sort_keys=True, default=str)
+                if key not in seen:
+                    seen.add(key)
+                    calls.append(call)
         return tuple(calls)
 
     @property
