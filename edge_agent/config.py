@@ -132,7 +132,13 @@ class LadderSettings(BaseModel):
 
     enabled: bool = Field(True, description="climb to the tiers below when tier 0 is unsure")
     threshold: float = Field(
-        0.6, ge=0, le=1, description="τ of tier 0 (model): below it, the request climbs"
+        0.88,
+        ge=0,
+        le=1,
+        description="τ of tier 0 (model): below it, the request climbs. 0.88 is the "
+        "lowest τ whose wrong kept answers stay within an error budget of 2% of requests "
+        "(conformal risk control on 150 BFCL tuning items, 100-149 of simple_python, "
+        "multiple and irrelevance; benchmarks/ladder_replay.py --tune)",
     )
     tiers: list[TierSettings] = Field(
         default_factory=_default_tiers,
