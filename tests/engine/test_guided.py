@@ -24,11 +24,10 @@ from edge_agent.engine.guided import (
     GuidedGeneration,
     GuidedLlamaEngine,
     allows_text,
-    lark_from_gbnf,
 )
 from edge_agent.engine.llama import LlamaEngine
 from edge_agent.engine.prefix_cache import PrefixCache, common_prefix_len, stable_prefix
-from edge_agent.grammar import GrammarOptions, build_grammar
+from edge_agent.grammar import GrammarOptions, build_grammar, lark_grammar
 from edge_agent.models import resolve_model
 from edge_agent.prompts import build_prompt, user_message
 from edge_agent.schema import ToolSpec, normalize_tools
@@ -83,27 +82,24 @@ def guided_qwen(qwen: LlamaEngine) -> GuidedLlamaEngine:
 
 
 def test_tags_become_special_tokens_outside_terminals() -> None:
-    """Each tag is its special token (outside any terminal, so llguidance
+    """Each tag is its special token (a rule of its own, so llguidance
     matches the token) or the same tag spelled as text, as GBNF accepts it."""
-    grammar = build_grammar(HOME_TOOLS, AUTO)
-    lark = lark_from_gbnf(grammar.text, lambda tag: tag in TAGS)
-    block = next(line for line in lark.splitlines() if line.startswith("tool_call_block:"))
-    assert '(<tool_call> | "<tool_call>") "\\n"' in block
-    assert '"\\n" (</tool_call> | "</tool_call>")' in block
+    lark = lark_grammar(build_grammar(HOME_TOOLS, AUTO), TAGS)
+    assert 'tool-call-open: (<tool_call> | "<tool_call>") "\\n"' in lark
+    assert 'tool-call-close: "\\n" (</tool_call> | "</tool_call>")' in lark
 
 
 def test_tags_stay_text_without_the_special_token() -> None:
-    grammar = build_grammar(HOME_TOOLS, AUTO)
-    lark = lark_from_gbnf(grammar.text, lambda tag: False)
-    assert '"<tool_call>\\n"' in lark
+    lark = lark_grammar(build_grammar(HOME_TOOLS, AUTO))
+    assert 'tool-call-open: "<tool_call>\\n"' in lark
 
 
 def test_calls_only_drops_the_text_answer() -> None:
     grammar = build_grammar(HOME_TOOLS, AUTO)
     assert allows_text(grammar)
     assert not allows_text(build_grammar(HOME_TOOLS, REQUIRED))
-    lark = lark_from_gbnf(grammar.text, lambda tag: tag in TAGS, calls_only=True)
-    assert "TEXT_ANSWER" not in lark and "text_answer" not in lark
+    assert "start: tool-calls | text-answer\n" in lark_grammar(grammar, TAGS)
+    assert "start: tool-calls\n" in lark_grammar(grammar, TAGS, calls_only=True)
 
 
 @pytest.mark.parametrize(
