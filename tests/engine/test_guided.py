@@ -287,6 +287,71 @@ def test_every_constrained_bfcl_output_validates(
     assert len(truncated) <= 1, truncated
 
 
+# ------------------------------------------------------------------- decode-time constraints
+
+
+def one_tool(name: str, prop: str, schema: dict[str, Any], about: str) -> list[ToolSpec]:
+    params = {"type": "object", "properties": {prop: schema}, "required": [prop]}
+    return normalize_tools([{"name": name, "description": about, "parameters": params}])
+
+
+CONSTRAINED = [
+    (
+        one_tool(
+            "book_dentist", "day", {"type": "string", "format": "date"}, "Book a dentist visit."
+        ),
+        "Book me a dentist visit next tuesday",
+    ),
+    (
+        one_tool(
+            "track_parcel",
+            "code",
+            {"type": "string", "pattern": r"^[A-Z]{2}-\d{4}$", "description": "e.g. AB-1234"},
+            "Track a parcel by its code.",
+        ),
+        "Where is my parcel? The code is ab123456",
+    ),
+    (
+        one_tool(
+            "set_volume",
+            "level",
+            {"type": "integer", "minimum": 0, "maximum": 100},
+            "Set the speaker volume.",
+        ),
+        "Set the speaker volume to 500",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tools", "text"), CONSTRAINED, ids=["date", "pattern", "range"])
+def test_format_pattern_and_range_hold_while_decoding(
+    qwen: LlamaEngine, guided_qwen: GuidedLlamaEngine, tools: list[ToolSpec], text: str
+) -> None:
+    """The model's own text already satisfies the schema: llguidance's JSON
+    compiler enforced it token by token, before any verifier saw it. The
+    GBNF engine, which leaves these to the verifier, writes a date-time, a
+    code without its dash and 500 for the same prompts."""
+    prompt, grammar = prompt_for(qwen, text, tools), build_grammar(tools, REQUIRED)
+    unchecked = qwen.generate(prompt, grammar=grammar, max_tokens=64)
+    assert not all(v.ok for v in verify_output(parse_output(unchecked.text), tools))
+    out = guided_qwen.generate(prompt, grammar=grammar, max_tokens=64)
+    assert not out.stats.gbnf_fallback and out.finish_reason == "stop", out.text
+    assert_valid_call(out.text, tools)  # the verifier checks format too
+
+
+def test_a_pattern_llguidance_refuses_falls_back_to_gbnf(
+    qwen: LlamaEngine, guided_qwen: GuidedLlamaEngine
+) -> None:
+    tools = one_tool("tag", "label", {"type": "string", "pattern": "(?=x)x+"}, "Tag a photo.")
+    out = guided_qwen.generate(
+        prompt_for(qwen, "Tag the photo xx", tools),
+        grammar=build_grammar(tools, REQUIRED),
+        max_tokens=32,
+    )
+    assert out.stats.gbnf_fallback
+    assert parse_output(out.text).is_call
+
+
 # --------------------------------------------------------------------------- lazy trigger
 
 
