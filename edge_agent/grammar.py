@@ -10,8 +10,19 @@ integer vs number, booleans, null, nested objects and arrays, anyOf/oneOf.
 Numbers have a bounded form (no exponent, limited digits) so nothing like
 ``3.1e+488`` can appear; a non-negative ``minimum`` also removes the sign.
 
-Left to the verifier (a grammar cannot express them cheaply): numeric
-ranges, ``pattern``, ``format``, ``multipleOf`` and cross-field rules.
+Left to the verifier by the GBNF (a GBNF cannot express them cheaply):
+numeric ranges, ``pattern``, ``format``, ``multipleOf`` and cross-field rules.
+
+The same schemas also give a Lark grammar for llguidance (:attr:`Grammar.lark`,
+completed by :func:`lark_grammar`). It has the same rules as the GBNF, so
+both engines accept the same text, except at the leaves the GBNF cannot
+constrain: a number with a range or ``multipleOf`` and a string with a
+``pattern`` or a ``format`` llguidance knows become ``%json {leaf schema}``,
+compiled by llguidance's own JSON-schema compiler, and hold at decode time.
+Whole objects are not handed to that compiler: it would order properties by
+the schema rather than required-first, admit exponents and unbounded digits,
+and could not insist on a decimal point for BFCL floats, so outputs would
+differ from the GBNF engine's on ordinary schemas.
 
 Properties are emitted required-first, then optional ones in schema order;
 JSON object order carries no meaning, so this loses nothing.
@@ -22,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,8 +46,16 @@ from edge_agent.schema import JSONSchema, ToolSpec, schema_hash
 
 GRAMMARS_DIR = data_path("grammars")
 _PRIMITIVES_FILE = GRAMMARS_DIR / "json.gbnf"
+_TAG_RE = re.compile(r"</?[A-Za-z_][A-Za-z0-9_|]*>")
 _MAX_REPEAT = 64  # longer {m,n} bounds make llama.cpp expand huge rule sets
 _MAX_STRING_BOUND = 256
+_LARK_PRIMITIVES_FILE = GRAMMARS_DIR / "json.lark"
+# String formats llguidance 1.9's JSON compiler enforces; any other format is
+# left to the verifier (llguidance refuses a schema with an unknown format).
+LLG_FORMATS = frozenset(
+    {"date", "date-time", "time", "duration", "email", "hostname", "ipv4", "ipv6", "uri", "uuid"}
+)
+_NUMERIC_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 
 
 @dataclass(frozen=True)
@@ -50,35 +69,81 @@ class GrammarOptions:
 
 @dataclass(frozen=True)
 class Grammar:
+    """A tool grammar: ``text`` is the GBNF; ``lark`` the same rules for
+    llguidance, without their start rule and tags (see :func:`lark_grammar`;
+    empty for a grammar not built from schemas)."""
+
     text: str
     key: str
+    lark: str = ""
 
 
 def build_grammar(tools: Sequence[ToolSpec], options: GrammarOptions = GrammarOptions()) -> Grammar:
-    """The GBNF for a set of tools, cached in memory by schema hash."""
+    """The GBNF (and Lark) for a set of tools, cached in memory by schema hash."""
     key = schema_hash(tools, repr(options))
-    return Grammar(_build_cached(key, tuple(tools), options), key)
+    gbnf, lark = _build_cached(key, tuple(tools), options)
+    return Grammar(gbnf, key, lark)
 
 
 @lru_cache(maxsize=64)
-def _build_cached(key: str, tools: tuple[ToolSpec, ...], options: GrammarOptions) -> str:
+def _build_cached(
+    key: str, tools: tuple[ToolSpec, ...], options: GrammarOptions
+) -> tuple[str, str]:
     del key  # part of the cache key only: ToolSpec hashes ignore parameters
-    builder = _Builder()
+    return _assemble(_Builder(), tools, options), _assemble(_LarkBuilder(), tools, options)
+
+
+def _assemble(builder: _Builder, tools: tuple[ToolSpec, ...], options: GrammarOptions) -> str:
     call_names = [builder.tool_call(i, t) for i, t in enumerate(tools)]
     builder.rules["tool-call"] = " | ".join(call_names)
     # Small models often skip the tags their template asks for; both forms
     # are accepted, and the tags are what the parser looks for first.
-    block = f"{_lit(CALL_OPEN)} tool-call {_lit(CALL_CLOSE)} | tool-call"
+    builder.rules["tool-call-block"] = builder.block()
     calls = "tool-call-block"
     if options.parallel and options.max_calls > 1:
         more = min(options.max_calls - 1, _MAX_REPEAT)
         calls = f'tool-call-block ( "\\n" tool-call-block ){{0,{more}}}'
-    builder.rules["tool-call-block"] = block
-    root = calls
     if options.allow_text:
-        builder.rules["text-answer"] = r"[^<{\[`\x00-\x20] [^\x00]*"
-        root = f"{calls} | text-answer"
-    return builder.render(root)
+        builder.rules["text-answer"] = builder.text_answer
+    return builder.render(calls, allow_text=options.allow_text)
+
+
+def lark_grammar(
+    grammar: Grammar, special_tags: Collection[str] = (), *, calls_only: bool = False
+) -> str:
+    """The complete llguidance grammar of ``grammar``.
+
+    ``special_tags`` are the envelope tags (``<tool_call>``) that are one
+    special token of the model: llguidance never matches a special token by
+    its text, so such a tag is that token, or the same tag spelled out (the
+    model sometimes writes ``<`` + ``tool`` + ..., which the GBNF engine,
+    seeing only text, accepts too). ``calls_only`` drops the plain-text
+    answer: the grammar a lazy trigger switches to.
+    """
+    if not grammar.lark:
+        raise UnsupportedSchemaError("this grammar was not built from schemas; it has no Lark form")
+    text = "\ntext-answer:" in grammar.lark and not calls_only
+    start = "start: tool-calls | text-answer" if text else "start: tool-calls"
+    opening = _lark_tagged(CALL_OPEN, special_tags)
+    closing = _lark_tagged(CALL_CLOSE, special_tags)
+    tags = f"tool-call-open: {opening}\ntool-call-close: {closing}"
+    return f"%llguidance {{}}\n\n{start}\n{tags}\n{grammar.lark}"
+
+
+def _lark_tagged(text: str, special_tags: Collection[str]) -> str:
+    """A literal, with each special tag in it as its token or its text."""
+    parts: list[str] = []
+    pos = 0
+    for match in _TAG_RE.finditer(text):
+        if match.group() not in special_tags:
+            continue
+        if match.start() > pos:
+            parts.append(_lit(text[pos : match.start()]))
+        parts.append(f"({match.group()} | {_lit(match.group())})")
+        pos = match.end()
+    if pos < len(text) or not parts:
+        parts.append(_lit(text[pos:]))
+    return " ".join(parts)
 
 
 def write_grammar(grammar: Grammar, directory: Path | None = None) -> Path:
@@ -98,9 +163,9 @@ def grammar_cache_dir() -> Path:
     return Path(os.environ.get("EDGE_AGENT_GRAMMAR_DIR", Path(base) / "edge-agent" / "grammars"))
 
 
-@lru_cache(maxsize=1)
-def _primitives() -> str:
-    return _PRIMITIVES_FILE.read_text(encoding="utf-8")
+@lru_cache(maxsize=2)
+def _primitives(path: Path = _PRIMITIVES_FILE) -> str:
+    return path.read_text(encoding="utf-8")
 
 
 def _lit(text: str) -> str:
@@ -144,15 +209,21 @@ def _repeat(item: str, low: int, high: int | None, sep: str) -> str:
 class _Builder:
     """Accumulates named rules; identical bodies share one name."""
 
+    text_answer = r"[^<{\[`\x00-\x20] [^\x00]*"
+
     def __init__(self) -> None:
         self.rules: dict[str, str] = {}
         self._by_body: dict[str, str] = {}
         self.path = ""
 
-    def render(self, root: str) -> str:
+    def render(self, calls: str, *, allow_text: bool) -> str:
+        root = f"{calls} | text-answer" if allow_text else calls
         lines = [f"root ::= {root}"]
         lines += [f"{name} ::= {body}" for name, body in self.rules.items()]
         return "\n".join(lines) + "\n\n" + _primitives()
+
+    def block(self) -> str:
+        return f"{_lit(CALL_OPEN)} tool-call {_lit(CALL_CLOSE)} | tool-call"
 
     def add(self, hint: str, body: str) -> str:
         if body in self._by_body:
@@ -232,6 +303,9 @@ class _Builder:
         if high is not None and int(high) < low:
             raise self.fail(f"maxLength {high} < minLength {low}")
         bound = f"{{{low},}}" if high is None else f"{{{low},{int(high)}}}"
+        return self.bounded_string(bound, hint)
+
+    def bounded_string(self, bound: str, hint: str) -> str:
         return self.add(f"{hint}-str", f'"\\"" json-char{bound} "\\""')
 
     def array(self, node: JSONSchema, hint: str) -> str:
@@ -291,3 +365,57 @@ class _Builder:
 def _non_negative(node: JSONSchema) -> bool:
     low = node.get("minimum", node.get("exclusiveMinimum"))
     return isinstance(low, int | float) and not isinstance(low, bool) and low >= 0
+
+
+class _LarkBuilder(_Builder):
+    """The same rules in llguidance's Lark, with ``%json`` leaves where the
+    schema says more than the GBNF can enforce."""
+
+    text_answer = r"/[^<{\[`\x00-\x20][^\x00]*/"
+
+    def render(self, calls: str, *, allow_text: bool) -> str:
+        del allow_text  # lark_grammar() writes the start rule
+        lines = [f"tool-calls: {calls}"]
+        lines += [f"{name}: {body}" for name, body in self.rules.items()]
+        return "\n".join(lines) + "\n\n" + _primitives(_LARK_PRIMITIVES_FILE)
+
+    def block(self) -> str:
+        return "tool-call-open tool-call tool-call-close | tool-call"
+
+    def add(self, hint: str, body: str) -> str:
+        if hint[:1].isdigit():
+            hint = f"r-{hint}"  # a Lark name starts with a letter
+        return super().add(hint, body)
+
+    def typed(self, node: JSONSchema, kind: str | None, hint: str) -> str:
+        if kind in ("integer", "number") and _needs_numeric_leaf(node):
+            keep = {k: node[k] for k in _NUMERIC_BOUNDS if _is_number(node.get(k))}
+            return self.json_leaf({"type": kind, **keep}, hint)
+        if kind == "string" and ("pattern" in node or node.get("format") in LLG_FORMATS):
+            keys = ("minLength", "maxLength", "pattern", "format")
+            leaf = {k: node[k] for k in keys if k in node}
+            return self.json_leaf({"type": "string", **leaf}, hint)
+        return super().typed(node, kind, hint)
+
+    def json_leaf(self, schema: JSONSchema, hint: str) -> str:
+        return self.add(f"{hint}-json", "%json " + json.dumps(schema, ensure_ascii=False))
+
+    def bounded_string(self, bound: str, hint: str) -> str:
+        # The GBNF's json-char{m,n} as one regex terminal, so llguidance
+        # lexes the whole string at once instead of a rule per character.
+        return self.add(f"{hint}-str", f'/"(?:{_LARK_CHAR}){bound}"/')
+
+
+# json.lark's JSON_CHAR, for bounded strings.
+_LARK_CHAR = r'[^"\\\x7F\x00-\x1F]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})'
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _needs_numeric_leaf(node: JSONSchema) -> bool:
+    """A bound the GBNF's own number rules do not already enforce: anything
+    but ``minimum: 0`` (which the unsigned rules express exactly)."""
+    bounds = {k for k in _NUMERIC_BOUNDS if _is_number(node.get(k))}
+    return bool(bounds - {"minimum"}) or ("minimum" in bounds and node["minimum"] != 0)

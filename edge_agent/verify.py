@@ -2,7 +2,11 @@
 
 1. parse      the output is a call at all (``calls.parse_output``)
 2. tool       the named tool exists and was offered
-3. schema     jsonschema, Draft 2020-12, against the normalised schema
+3. schema     jsonschema, Draft 2020-12, against the normalised schema,
+              ``format`` included (date, email, ipv4/ipv6, uuid, regex always;
+              date-time, time, uri, hostname, duration only where jsonschema's
+              optional checker packages are installed; unknown formats such
+              as BFCL's ``float`` pass)
 4. model      the tool's pydantic model (types, ranges from ``Field``)
 5. rules      the tool's own rules (allowlists, rate limits, confirmation)
 
@@ -95,7 +99,8 @@ def _validator_for(key: str, spec: ToolSpec) -> Any:
     del key  # ToolSpec equality ignores parameters; the hash covers them
     import jsonschema
 
-    return jsonschema.Draft202012Validator(spec.parameters)
+    validator = jsonschema.Draft202012Validator
+    return validator(spec.parameters, format_checker=validator.FORMAT_CHECKER)
 
 
 def _find_spec(name: str, tools: Registry | Sequence[ToolSpec]) -> ToolSpec | None:

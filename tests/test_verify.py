@@ -234,3 +234,44 @@ def test_the_registry_tools_come_from_the_module(registry: Registry) -> None:
     assert [t.name for t in registry] == ["set_light", "buy_eggs"]  # module order
     assert registry.get("set_light").spec.parameters["properties"]["level"]["maximum"] == 100
     assert Path(str(registry.get("set_light").module_file)).name == "home.py"
+
+
+MEETING = normalize_tool(
+    {
+        "name": "book_meeting",
+        "description": "Book a meeting.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "day": {"type": "string", "format": "date"},
+                "email": {"type": "string", "format": "email"},
+                "host": {"type": "string", "format": "ipv4"},
+                "ratio": {"type": "number", "format": "float"},
+            },
+            "required": ["day"],
+        },
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        ({"day": "2024-05-07"}, ""),
+        ({"day": "2024-05-07", "email": "a@b.example", "host": "10.0.0.1"}, ""),
+        ({"day": "next tuesday"}, "'next tuesday' is not a 'date'"),
+        ({"day": "2024-02-30"}, "is not a 'date'"),
+        ({"day": "2024-05-07", "email": "nobody"}, "is not a 'email'"),
+        ({"day": "2024-05-07", "host": "10.0.0.300"}, "is not a 'ipv4'"),
+        ({"day": "2024-05-07", "ratio": 5}, ""),  # BFCL's float: not a format jsonschema knows
+    ],
+)
+def test_formats_are_checked(arguments: dict[str, Any], problem: str) -> None:
+    found = schema_problem(MEETING, arguments)
+    assert (problem in found) if problem else found == "", found
+
+
+def test_a_wrong_date_fails_at_the_schema_stage() -> None:
+    verdict = verify_call(ToolCall("book_meeting", {"day": "next tuesday"}), [MEETING])
+    assert (verdict.ok, verdict.stage) == (False, "schema")
+    assert "argument 'day'" in verdict.message

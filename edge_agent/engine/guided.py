@@ -4,9 +4,12 @@
 on the same loaded ``llama_cpp.Llama`` as :class:`~edge_agent.engine.llama.LlamaEngine`,
 but runs its own decode loop instead of llama.cpp's GBNF sampler:
 
-* **Masks.** The GBNF from :mod:`edge_agent.grammar` is converted to
-  llguidance's Lark dialect (tool-call tags such as Qwen's ``<tool_call>``
-  become the model's special tokens), and an ``LLMatcher`` checks each step.
+* **Masks.** :mod:`edge_agent.grammar` writes each tool grammar in
+  llguidance's Lark as well as in GBNF: the same rules, except that numeric
+  ranges, ``pattern`` and ``format`` become ``%json`` leaves compiled by
+  llguidance's JSON-schema compiler, so they hold while decoding. Tool-call
+  tags such as Qwen's ``<tool_call>`` become the model's special tokens, and
+  an ``LLMatcher`` checks each step.
   Greedy decoding only needs to know whether the model's own best token is
   allowed, which llguidance answers for one token in microseconds; the whole
   151k-entry mask is computed only when it is not.
@@ -60,23 +63,22 @@ import copy
 import dataclasses
 import logging
 import math
-import re
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import llguidance
 import numpy as np
 import numpy.typing as npt
-from llguidance import gbnf_to_lark as g2l
 
+from edge_agent.calls import CALL_CLOSE, CALL_OPEN
 from edge_agent.engine.base import FinishReason, Generation, Timings, TokenScore
 from edge_agent.engine.prefix_cache import reuse_prefix, truncate
 from edge_agent.errors import EngineError, InputError, UnsupportedSchemaError
-from edge_agent.grammar import Grammar
+from edge_agent.grammar import Grammar, lark_grammar
 
 if TYPE_CHECKING:
     from edge_agent.engine.llama import LlamaEngine
@@ -86,7 +88,7 @@ log = logging.getLogger(__name__)
 
 _TEXT_RULE = "text-answer"
 _MAX_GRAMMARS = 64
-_TAG_RE = re.compile(r"</?[A-Za-z_][A-Za-z0-9_|]*>")
+_TAGS = (CALL_OPEN.strip(), CALL_CLOSE.strip())
 # First visible characters that open a call (the hard grammar's text answer
 # may not start with them either).
 _CALL_STARTS = ("{", "[", "<", "`")
@@ -112,7 +114,7 @@ class DecodeStats:
     ``replayed`` how many tokens that took. ``triggered_at`` is the index of the first
     constrained token in lazy mode (None: the model answered in free text);
     ``forced_at`` the indices of fast-forwarded tokens in ``tokens``.
-    ``gbnf_fallback``: llguidance could not read the grammar, so llama.cpp's
+    ``gbnf_fallback``: llguidance could not compile the grammar, so llama.cpp's
     GBNF sampler decoded this call (and none of the other fields apply).
     """
 
@@ -146,98 +148,10 @@ class GuidedGeneration(Generation):
 # --------------------------------------------------------------------------- grammar
 
 
-def lark_from_gbnf(gbnf: str, special: Callable[[str], bool], *, calls_only: bool = False) -> str:
-    """Convert one of our GBNF grammars to llguidance Lark.
-
-    ``special(tag)`` says whether a tag such as ``<tool_call>`` is a single
-    special token of the model; literals containing such tags are split so
-    the tag is matched as that token (llguidance never matches special
-    tokens by their text). ``calls_only`` drops the plain-text alternative of
-    the root rule, which is the grammar a lazy trigger switches to.
-    """
-    try:
-        rules = g2l.GrammarParser().parse(gbnf)
-    except g2l.GbnfToLarkError as exc:
-        raise UnsupportedSchemaError(f"llguidance cannot read the grammar: {exc}") from exc
-    for rule in rules.values():
-        rule.alternatives = _split_tags(rule.alternatives, special)
-    if calls_only:
-        _drop_text_answer(rules)
-    try:
-        g2l.resolve(rules)
-    except Exception as exc:  # resolve() raises bare Exception for dangling rules
-        raise UnsupportedSchemaError(f"llguidance cannot resolve the grammar: {exc}") from exc
-    ordered = sorted(rules.values(), key=lambda r: r.order)
-    return "%llguidance {}\n\n" + "\n".join(str(r) for r in ordered) + "\n"
-
-
 def allows_text(grammar: Grammar) -> bool:
     """Whether the grammar's root admits a plain-text answer (``tool_choice=auto``)."""
     root = grammar.text.split("\n", 1)[0]
     return root.startswith("root ::=") and _TEXT_RULE in root.split()
-
-
-def _drop_text_answer(rules: dict[str, Any]) -> None:
-    root = rules.get("root")
-    if root is None or not isinstance(root.alternatives, g2l.AlternativeNode):
-        return
-    kept = [a for a in root.alternatives.alternatives if not _is_ref(a, _TEXT_RULE)]
-    if kept and len(kept) < len(root.alternatives.alternatives):
-        root.alternatives = g2l.AlternativeNode(kept)
-        rules.pop(_TEXT_RULE, None)
-
-
-def _is_ref(node: Any, name: str) -> bool:
-    if isinstance(node, g2l.SequenceNode) and len(node.nodes) == 1:
-        node = node.nodes[0]
-    return isinstance(node, g2l.RuleRefNode) and node.name == name
-
-
-def _split_tags(node: Any, special: Callable[[str], bool]) -> Any:
-    """Replace tags inside string literals by special-token references."""
-    if isinstance(node, g2l.LiteralNode):
-        return _split_literal(node.value, special)
-    if isinstance(node, g2l.SequenceNode):
-        node.nodes = [_split_tags(n, special) for n in node.nodes]
-    elif isinstance(node, g2l.AlternativeNode):
-        node.alternatives = [_split_tags(n, special) for n in node.alternatives]
-    elif isinstance(node, g2l.RepetitionNode):
-        node.node = _split_tags(node.node, special)
-    return node
-
-
-def _split_literal(value: str, special: Callable[[str], bool]) -> Any:
-    parts: list[Any] = []
-    pos = 0
-    for match in _TAG_RE.finditer(value):
-        if not special(match.group()):
-            continue
-        if match.start() > pos:
-            parts.append(g2l.LiteralNode(value[pos : match.start()]))
-        # The tag as its special token, or spelled out: the model sometimes
-        # starts `<` + `tool` + ... where its best token is the plain `<`, and
-        # the GBNF engine (which only sees text) accepts that too.
-        tag = match.group()
-        parts.append(g2l.AlternativeNode([_SpecialToken(tag), g2l.LiteralNode(tag)]))
-        pos = match.end()
-    if not parts:
-        return g2l.LiteralNode(value)
-    if pos < len(value):
-        parts.append(g2l.LiteralNode(value[pos:]))
-    return g2l.SequenceNode(parts)
-
-
-class _SpecialToken(g2l.ASTNode):
-    """A special token by name, e.g. ``<tool_call>``: never part of a terminal."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __str__(self) -> str:
-        return self.name
-
-    def is_terminal(self) -> bool:
-        return False
 
 
 @dataclass(frozen=True)
@@ -342,9 +256,11 @@ class GuidedLlamaEngine:
     def _fallback(
         self, prompt: str, grammar: Grammar, max_tokens: int, exc: UnsupportedSchemaError
     ) -> GuidedGeneration:
-        """A grammar llguidance cannot read is still enforced, by llama.cpp's
-        GBNF sampler: our GBNF is written for it, so the request is answered
-        (slower) rather than refused."""
+        """A grammar llguidance cannot compile (a ``pattern`` its regex engine
+        refuses, such as a look-ahead; a leaf schema no value satisfies) is
+        still enforced, by llama.cpp's GBNF sampler: our GBNF is written for
+        it, so the request is answered (slower, with ranges, patterns and
+        formats left to the verifier) rather than refused."""
         if grammar.key not in self._shared.fell_back:
             self._shared.fell_back.add(grammar.key)
             log.warning("llguidance: %s; this grammar is decoded by the GBNF sampler", exc)
@@ -421,10 +337,8 @@ class _Shared:
         return compiled
 
     def _matcher(self, grammar: Grammar, *, calls_only: bool = False) -> llguidance.LLMatcher:
-        def special(tag: str) -> bool:
-            return self.special_id(tag) is not None
-
-        lark = lark_from_gbnf(grammar.text, special, calls_only=calls_only)
+        special = [tag for tag in _TAGS if self.special_id(tag) is not None]
+        lark = lark_grammar(grammar, special, calls_only=calls_only)
         matcher = llguidance.LLMatcher(
             self.tokenizer, llguidance.LLMatcher.grammar_from_lark(lark), log_level=0
         )

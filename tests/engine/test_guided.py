@@ -24,11 +24,10 @@ from edge_agent.engine.guided import (
     GuidedGeneration,
     GuidedLlamaEngine,
     allows_text,
-    lark_from_gbnf,
 )
 from edge_agent.engine.llama import LlamaEngine
 from edge_agent.engine.prefix_cache import PrefixCache, common_prefix_len, stable_prefix
-from edge_agent.grammar import GrammarOptions, build_grammar
+from edge_agent.grammar import GrammarOptions, build_grammar, lark_grammar
 from edge_agent.models import resolve_model
 from edge_agent.prompts import build_prompt, user_message
 from edge_agent.schema import ToolSpec, normalize_tools
@@ -83,27 +82,24 @@ def guided_qwen(qwen: LlamaEngine) -> GuidedLlamaEngine:
 
 
 def test_tags_become_special_tokens_outside_terminals() -> None:
-    """Each tag is its special token (outside any terminal, so llguidance
+    """Each tag is its special token (a rule of its own, so llguidance
     matches the token) or the same tag spelled as text, as GBNF accepts it."""
-    grammar = build_grammar(HOME_TOOLS, AUTO)
-    lark = lark_from_gbnf(grammar.text, lambda tag: tag in TAGS)
-    block = next(line for line in lark.splitlines() if line.startswith("tool_call_block:"))
-    assert '(<tool_call> | "<tool_call>") "\\n"' in block
-    assert '"\\n" (</tool_call> | "</tool_call>")' in block
+    lark = lark_grammar(build_grammar(HOME_TOOLS, AUTO), TAGS)
+    assert 'tool-call-open: (<tool_call> | "<tool_call>") "\\n"' in lark
+    assert 'tool-call-close: "\\n" (</tool_call> | "</tool_call>")' in lark
 
 
 def test_tags_stay_text_without_the_special_token() -> None:
-    grammar = build_grammar(HOME_TOOLS, AUTO)
-    lark = lark_from_gbnf(grammar.text, lambda tag: False)
-    assert '"<tool_call>\\n"' in lark
+    lark = lark_grammar(build_grammar(HOME_TOOLS, AUTO))
+    assert 'tool-call-open: "<tool_call>\\n"' in lark
 
 
 def test_calls_only_drops_the_text_answer() -> None:
     grammar = build_grammar(HOME_TOOLS, AUTO)
     assert allows_text(grammar)
     assert not allows_text(build_grammar(HOME_TOOLS, REQUIRED))
-    lark = lark_from_gbnf(grammar.text, lambda tag: tag in TAGS, calls_only=True)
-    assert "TEXT_ANSWER" not in lark and "text_answer" not in lark
+    assert "start: tool-calls | text-answer\n" in lark_grammar(grammar, TAGS)
+    assert "start: tool-calls\n" in lark_grammar(grammar, TAGS, calls_only=True)
 
 
 @pytest.mark.parametrize(
@@ -289,6 +285,71 @@ def test_every_constrained_bfcl_output_validates(
             continue
         assert_valid_call(out.text, tools)
     assert len(truncated) <= 1, truncated
+
+
+# ------------------------------------------------------------------- decode-time constraints
+
+
+def one_tool(name: str, prop: str, schema: dict[str, Any], about: str) -> list[ToolSpec]:
+    params = {"type": "object", "properties": {prop: schema}, "required": [prop]}
+    return normalize_tools([{"name": name, "description": about, "parameters": params}])
+
+
+CONSTRAINED = [
+    (
+        one_tool(
+            "book_dentist", "day", {"type": "string", "format": "date"}, "Book a dentist visit."
+        ),
+        "Book me a dentist visit next tuesday",
+    ),
+    (
+        one_tool(
+            "track_parcel",
+            "code",
+            {"type": "string", "pattern": r"^[A-Z]{2}-\d{4}$", "description": "e.g. AB-1234"},
+            "Track a parcel by its code.",
+        ),
+        "Where is my parcel? The code is ab123456",
+    ),
+    (
+        one_tool(
+            "set_volume",
+            "level",
+            {"type": "integer", "minimum": 0, "maximum": 100},
+            "Set the speaker volume.",
+        ),
+        "Set the speaker volume to 500",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tools", "text"), CONSTRAINED, ids=["date", "pattern", "range"])
+def test_format_pattern_and_range_hold_while_decoding(
+    qwen: LlamaEngine, guided_qwen: GuidedLlamaEngine, tools: list[ToolSpec], text: str
+) -> None:
+    """The model's own text already satisfies the schema: llguidance's JSON
+    compiler enforced it token by token, before any verifier saw it. The
+    GBNF engine, which leaves these to the verifier, writes a date-time, a
+    code without its dash and 500 for the same prompts."""
+    prompt, grammar = prompt_for(qwen, text, tools), build_grammar(tools, REQUIRED)
+    unchecked = qwen.generate(prompt, grammar=grammar, max_tokens=64)
+    assert not all(v.ok for v in verify_output(parse_output(unchecked.text), tools))
+    out = guided_qwen.generate(prompt, grammar=grammar, max_tokens=64)
+    assert not out.stats.gbnf_fallback and out.finish_reason == "stop", out.text
+    assert_valid_call(out.text, tools)  # the verifier checks format too
+
+
+def test_a_pattern_llguidance_refuses_falls_back_to_gbnf(
+    qwen: LlamaEngine, guided_qwen: GuidedLlamaEngine
+) -> None:
+    tools = one_tool("tag", "label", {"type": "string", "pattern": "(?=x)x+"}, "Tag a photo.")
+    out = guided_qwen.generate(
+        prompt_for(qwen, "Tag the photo xx", tools),
+        grammar=build_grammar(tools, REQUIRED),
+        max_tokens=32,
+    )
+    assert out.stats.gbnf_fallback
+    assert parse_output(out.text).is_call
 
 
 # --------------------------------------------------------------------------- lazy trigger
