@@ -192,6 +192,4 @@ def _concrete(arguments: dict[str, Any]) -> list[dict[str, Any]]:
         for option in options:
             values += option["range"] if isinstance(option, dict) else [option]
         choices.append([(param, v) for v in values])
-    return [
-        {param: v for param, v in combo if v != ""} for combo in itertools.product(*choices)
-    ]
+    return [{param: v for param, v in combo if v != ""} for combo in itertools.product(*choices)]
