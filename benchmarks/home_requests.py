@@ -6,18 +6,21 @@ see :func:`build_agent`), in one process with the model loaded once and the
 tool block warmed first, as ``ask`` warms it. Each answer is scored by
 ``edge_agent.bench.home_score`` (same multiset of calls, order ignored).
 
-By default calls are proposed, not executed: one model turn per request, so
-only the decision is timed, as the issue's latency target asks. ``--exec``
-runs them in the process sandbox with a throw-away state folder (device state
-and notes start empty; dangerous actions are confirmed), so the model gets its
-later steps too.
+By default calls are proposed, not executed: one step per request (and a
+repair when the first answer fails verification), so only the decision is
+timed, as the issue's latency target asks. ``--exec`` runs them in the process
+sandbox with a throw-away state folder (device state and notes start empty;
+dangerous actions are confirmed), so the model gets its later steps too.
 
     flock /tmp/llama.lock python benchmarks/home_requests.py [--model NAME|PATH]
-        [--config FILE] [--threads N] [--parallel] [--exec] [--limit N] [--ids ID,...]
+        [--config FILE] [--threads N] [--parallel] [--exec] [--start N] [--limit N] [--ids ID,...]
         [--json OUT]
+    python benchmarks/home_requests.py --report OUT1 OUT2 ...   (merge chunked runs)
 
-The data is held out: read the failures to find out what is wrong, never
-tune prompts on these items. Run it with llama.cpp alone on the machine.
+A no-tool item is right only when declined: no call and a text answer (all
+attempts being invalid calls is no decline). The data is held out: read the
+failures to find out what is wrong, never tune prompts on these items. Run
+it with llama.cpp alone on the machine.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.agent import Agent, Result
-from edge_agent.bench.home_score import score
+from edge_agent.bench.home_score import Score, score
 from edge_agent.config import EdgeAgentConfig, load_config, state_dir
 from edge_agent.errors import EngineError
 
@@ -45,7 +48,9 @@ DATA = Path(__file__).resolve().parent / "data" / "home_requests.json"
 
 def main() -> int:
     args = _parser().parse_args()
-    items = _select(json.loads(args.data.read_text(encoding="utf-8")), args.ids, args.limit)
+    if args.report:
+        return _report(args.report)
+    items = _select(json.loads(args.data.read_text(encoding="utf-8")), args)
     with tempfile.TemporaryDirectory(prefix="home-requests-") as tmp:
         agent, config = build_agent(args, Path(tmp) if args.exec else None)
         cache = _warm(agent, args.kv_dir) if config.model.prefix_cache else None
@@ -68,18 +73,35 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, metavar="N", help="as ask's --threads")
     parser.add_argument("--parallel", action="store_true", help="as ask's --parallel")
     parser.add_argument("--exec", action="store_true", help="run the calls in a temp sandbox")
-    parser.add_argument("--limit", type=int, metavar="N", help="only the first N items")
+    parser.add_argument("--start", type=int, default=0, metavar="N", help="skip the first N items")
+    parser.add_argument("--limit", type=int, metavar="N", help="only N items")
     parser.add_argument("--ids", metavar="ID,...", help="only these item ids")
     parser.add_argument("--kv-dir", type=Path, metavar="DIR", help="tool-block cache (ask's)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write per-item results here")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="no model: summarize the items of earlier --json files (e.g. chunked runs)",
+    )
     return parser
 
 
-def _select(items: list[dict[str, Any]], ids: str | None, limit: int | None) -> list[Any]:
-    if ids:
-        wanted = set(ids.split(","))
+def _report(paths: list[Path]) -> int:
+    runs = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    rows = [row for run in runs for row in run["items"]]
+    meta = {**runs[0]["meta"], "merged_from": [str(path) for path in paths]}
+    _print_report(meta, summarize(rows), rows)
+    return 0
+
+
+def _select(items: list[dict[str, Any]], args: argparse.Namespace) -> list[Any]:
+    if args.ids:
+        wanted = set(args.ids.split(","))
         items = [item for item in items if item["id"] in wanted]
-    return items[:limit] if limit is not None else items
+    items = items[args.start :]
+    return items[: args.limit] if args.limit is not None else items
 
 
 def build_agent(args: argparse.Namespace, exec_root: Path | None) -> tuple[Agent, EdgeAgentConfig]:
@@ -137,6 +159,9 @@ def _run(agent: Agent, item: dict[str, Any], *, execute: bool) -> dict[str, Any]
     wall = time.perf_counter() - start
     calls = [call.to_dict() for call in result.calls]
     verdict = score(item["expected"], calls)
+    if verdict.correct and not item["expected"] and not declined(result):
+        # No verified call because every attempt was an invalid call: not a decline.
+        verdict = Score(False, f"no text answer: {result.final.problem}")
     row = {
         **item,
         "calls": calls,
@@ -151,6 +176,7 @@ def _run(agent: Agent, item: dict[str, Any], *, execute: bool) -> dict[str, Any]
     }
     mark = "ok " if verdict.correct else "BAD"
     print(f"{mark} {result.latency_s:5.2f}s {item['id']} {item['prompt']}  {verdict.reason}")
+    sys.stdout.flush()  # progress shows through a pipe too
     return row
 
 
