@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -105,40 +106,25 @@ def _select(items: list[dict[str, Any]], args: argparse.Namespace) -> list[Any]:
 
 
 def build_agent(args: argparse.Namespace, exec_root: Path | None) -> tuple[Agent, EdgeAgentConfig]:
-    """The agent ``edge-agent ask`` builds (``edge_agent/cli/ask.py``'s ``run``,
-    local mode). Kept in this one function so the composition root can
-    replace it with one line when it lands. ``exec_root``: run calls in a
-    sandbox whose tool state lives there; None proposes calls only."""
-    from edge_agent.engine.llama import load_engine
-    from edge_agent.registry import Registry
+    """The agent ``edge-agent ask`` builds, from the same composition root
+    (the default ladder included). ``exec_root``: run calls in a sandbox
+    whose tool state lives there; None proposes calls only."""
+    from edge_agent.assemble import Assembly
 
-    config = load_config(args.config)
-    registry = Registry.from_dirs(*config.tools_dirs)
-    engine = load_engine(
-        args.model or config.model.name,
-        n_ctx=config.model.n_ctx,
-        n_threads=args.threads or config.model.n_threads,
-        engine=config.model.engine,
-    )
-    settings = config.agent
+    if exec_root is not None:  # the sandbox keeps tool state under the state dir
+        os.environ["EDGE_AGENT_STATE_DIR"] = str(exec_root)
+    parts = Assembly(load_config(args.config))
+    settings = parts.config.agent
     if args.parallel:
         settings = settings.model_copy(update={"parallel_calls": True})
-    agent = Agent(
-        engine,
-        registry,
-        settings,
-        max_tokens=config.model.max_tokens,
-        sandbox=None if exec_root is None else _sandbox(exec_root),
+    agent = parts.agent(
+        parts.registry(),
+        engine=parts.engine(args.model, n_threads=args.threads),
+        settings=settings,
+        sandbox=None if exec_root is None else parts.sandbox(),
         confirm=lambda call, tool: True,  # like ask --yes: the state is thrown away
     )
-    return agent, config
-
-
-def _sandbox(root: Path) -> Any:
-    from edge_agent.sandbox import ProcessSandbox, harden_current_process
-
-    harden_current_process()
-    return ProcessSandbox(state_root=root / "tools")
+    return agent, parts.config
 
 
 def _warm(agent: Agent, kv_dir: Path | None) -> dict[str, Any] | None:
@@ -172,6 +158,7 @@ def _run(agent: Agent, item: dict[str, Any], *, execute: bool) -> dict[str, Any]
         "wall_s": round(wall, 4),
         "turns": len(result.attempts),
         "steps": len({a.step for a in result.attempts}),
+        "tier": result.tier,
         "ask": result.to_json(),
     }
     mark = "ok " if verdict.correct else "BAD"
@@ -204,6 +191,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "latency_p95_s": _percentile(latencies, 0.95),
         "median_turns": statistics.median(row["turns"] for row in rows) if rows else None,
         "median_steps": statistics.median(row["steps"] for row in rows) if rows else None,
+        "tier_1_share": _share(rows, key="tier"),
     }
 
 
