@@ -299,7 +299,9 @@ def test_cli_in_process_writes_json_and_a_table(
     smol, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     out = tmp_path / "results" / "parallel.json"
-    argv = bfcl_args("parallel", "--limit", "1", "--model", "smollm2-135m", "--parallel", "off")
+    argv = bfcl_args(
+        "parallel", "--limit", "1", "--model", "smollm2-135m", "--parallel", "off", "--mode", "slm"
+    )
     code = cli.main([*argv, "--json", str(out), "--no-progress", "--threads", "2"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -320,7 +322,7 @@ def test_cli_subprocess_end_to_end(smol, tmp_path: Path) -> None:
         "--questions", str(questions("simple_python")),
         "--answers", str(answers("simple_python")),
         "--category", "simple_python", "--limit", "2", "--model", "smollm2-135m",
-        "--json", str(out),
+        "--mode", "slm", "--json", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "accuracy" in proc.stdout
