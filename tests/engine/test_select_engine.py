@@ -58,7 +58,8 @@ def test_load_engine_builds_the_configured_engine() -> None:
 
 @pytest.mark.parametrize("flag", ["--no-ff", "--unscored-forced"])
 def test_llguidance_flags_need_the_llguidance_engine(flag: str) -> None:
-    """Refused before any model is loaded."""
+    """Refused before any model is loaded (llguidance is the default engine,
+    so the flag is refused with an explicit ``--engine gbnf``)."""
     proc = run_cli(
         "bench",
         "bfcl",
@@ -66,6 +67,8 @@ def test_llguidance_flags_need_the_llguidance_engine(flag: str) -> None:
         str(DATA / "bfcl" / "BFCL_v4_simple_python.json"),
         "--category",
         "simple_python",
+        "--engine",
+        "gbnf",
         flag,
         timeout=60,
     )
