@@ -96,7 +96,8 @@ def test_cli_answers_a_question_with_the_value_it_read(tmp_path) -> None:
     proc = run_cli("ask", "What is the temperature in the living room?", env=env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == 'read_sensor(sensor="temperature", room="living_room")'
+    assert lines[0].startswith("read_sensor(")
+    assert 'sensor="temperature"' in lines[0] and 'room="living_room"' in lines[0]
     assert lines[1] == "The temperature in the living room is 21.0 °C."
     assert "1 step(s)" in lines[-1]
 
