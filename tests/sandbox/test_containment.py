@@ -214,7 +214,7 @@ def test_doctor_and_the_sandbox_give_one_verdict(off: str) -> None:
         assert refused.returncode == 0, refused.text
         assert "note:" not in builtin.stderr
         return
-    hint = doctor.stdout.split("hint: ", 1)[1].strip()
+    hint = doctor.stdout.split("hint: ", 1)[1].splitlines()[0].strip()
     assert refused.returncode == 1 and "refusing to run untrusted tool 'echo'" in refused.stderr
     assert hint in refused.stderr
     [note] = builtin.stderr.strip().splitlines()
