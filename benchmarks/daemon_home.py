@@ -62,9 +62,9 @@ def start(config: Path | None, state: Path, token: str, port: int) -> subprocess
     raise SystemExit("the daemon did not become healthy in 900 s")
 
 
-def ask(client: httpx.Client, prompt: str, tools: list[str]) -> dict[str, Any]:
+def ask(client: httpx.Client, prompt: str, tools: list[str], model: str) -> dict[str, Any]:
     body = {
-        "model": "edge-agent",
+        "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "x_edge_agent_tools": tools,
         "x_edge_agent_execute": True,
@@ -105,8 +105,9 @@ def main() -> None:
     rows = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=900) as c:
+            model = c.get("/v1/models").json()["data"][0]["id"]
             for item in items:
-                row = ask(c, item["prompt"], tools)
+                row = ask(c, item["prompt"], tools, model)
                 rows.append(row)
                 print(json.dumps(row, ensure_ascii=False))
     finally:

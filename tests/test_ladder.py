@@ -85,7 +85,9 @@ def test_a_call_still_invalid_after_its_repair_climbs(qwen15: LlamaEngine, home:
 
 
 def test_tier_1_is_off_without_the_memory_for_it(home: Registry) -> None:
-    config = EdgeAgentConfig.model_validate({"ladder": {"memory_headroom_mb": 65536}})
+    config = EdgeAgentConfig.model_validate(
+        {"ladder": {"enabled": True, "memory_headroom_mb": 65536}}
+    )
     parts = Assembly(config)
     [status] = parts.tier_status()
     assert not status.on
@@ -98,7 +100,7 @@ def test_tier_1_is_off_without_the_memory_for_it(home: Registry) -> None:
 
 def test_tier_1_is_off_without_its_model_file(home: Registry) -> None:
     config = EdgeAgentConfig.model_validate(
-        {"ladder": {"tiers": [{"name": "/nonexistent/bigger.gguf"}]}}
+        {"ladder": {"enabled": True, "tiers": [{"name": "/nonexistent/bigger.gguf"}]}}
     )
     [status] = Assembly(config).tier_status()
     assert not status.on and "does not exist" in status.detail

@@ -63,5 +63,8 @@ def _ladder() -> None:
     """Each local tier above the default model: on, or off and why."""
     from edge_agent.assemble import Assembly
 
-    for tier in Assembly().tier_status():
+    parts = Assembly()
+    if not parts.config.ladder.enabled:
+        print("ladder: off (ladder.enabled = false): tier 0 answers alone")
+    for tier in parts.tier_status():
         print(f"ladder tier {tier.name}: {'on' if tier.on else 'off'} ({tier.detail})")
