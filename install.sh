@@ -5,6 +5,7 @@
 #   ./install.sh            runtime + the default model (Qwen2.5-Coder-0.5B, INT4)
 #                           + the ladder's tier 1 (Qwen2.5-Coder-1.5B, INT4), which
 #                           requests climb to when the default model is unsure
+#                           ([ladder] enabled = true; off by default for now)
 #   ./install.sh --dev      also test tools, Debian test packages, the test models
 #   ./install.sh --service  also install the systemd unit (see README)
 #   ./install.sh --platform only check this platform and print the llama.cpp
