@@ -53,6 +53,7 @@ class RoutingHost:
             transport, Budget(config.budget, self.ledger), config.router.link
         )
         self.confidence = confidence
+        self.parts = Assembly(config)  # builds each request's router; loads nothing
         self._drain_lock = threading.Lock()
 
     @classmethod
@@ -69,8 +70,7 @@ class RoutingHost:
         return cls(config, journal, transport, parts.confidence())
 
     def router(self, agent: Agent) -> Router:
-        parts = Assembly(self.config)
-        return parts.router(agent, self.store, self.cloud, confidence=self.confidence)
+        return self.parts.router(agent, self.store, self.cloud, confidence=self.confidence)
 
     def answer(  # noqa: PLR0913 - keyword-only request options
         self,
