@@ -6,7 +6,9 @@ and a thin shell around them:
 * :class:`ProbeCache` remembers the last probe. A success is trusted for
   ``online_cache_s``; after a failure the link counts as offline until the
   next probe is due, ``backoff_initial_s · 2^(failures-1)`` later (capped at
-  ``backoff_max_s``). Between probes nobody waits on a dead network: the
+  ``backoff_max_s``), shortened by a random share of up to
+  ``backoff_jitter`` so that a fleet that lost the network together does not
+  re-probe in lockstep when it returns. Between probes nobody waits on a dead network: the
   answer comes from the cache at once.
 * :class:`CircuitBreaker` watches real cloud calls. After
   ``breaker_failures`` consecutive failures it *opens* and refuses calls for
@@ -23,6 +25,7 @@ the device cannot use that endpoint either way.
 
 from __future__ import annotations
 
+import random
 import socket
 import ssl
 import threading
@@ -63,6 +66,13 @@ class ConnectivitySettings(BaseModel):
     backoff_max_s: float = Field(
         300.0, gt=0, le=86400, description="longest wait between probes while offline"
     )
+    backoff_jitter: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="up to this share of each back-off wait is cut at random, so devices "
+        "that went offline together do not probe again in lockstep",
+    )
     breaker_failures: int = Field(
         5, ge=1, le=1000, description="consecutive cloud failures that open the breaker"
     )
@@ -98,8 +108,11 @@ def backoff_delay(failures: int, initial_s: float, max_s: float) -> float:
 class ProbeCache:
     """The last probe's verdict and when to probe again (pure)."""
 
-    def __init__(self, settings: ConnectivitySettings) -> None:
+    def __init__(
+        self, settings: ConnectivitySettings, rand: Callable[[], float] = random.random
+    ) -> None:
         self.settings = settings
+        self._rand = rand  # uniform in [0, 1): the jitter's source
         self.online: bool | None = None  # None: never probed
         self.failures = 0
         self.checked_at: float | None = None
@@ -119,7 +132,8 @@ class ProbeCache:
         self.failures += 1
         self.error = error
         s = self.settings
-        self.next_at = now + backoff_delay(self.failures, s.backoff_initial_s, s.backoff_max_s)
+        wait = backoff_delay(self.failures, s.backoff_initial_s, s.backoff_max_s)
+        self.next_at = now + wait * (1.0 - s.backoff_jitter * self._rand())
 
     def expire(self) -> None:
         """Forget a success (a real call just failed): probe before trusting it."""

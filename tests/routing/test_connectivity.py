@@ -4,6 +4,7 @@ real sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
+import random
 import socket
 import ssl
 import threading
@@ -91,7 +92,7 @@ def test_probe_cache_trusts_a_success_for_a_while() -> None:
 
 
 def test_probe_cache_backs_off_after_failures() -> None:
-    cache = ProbeCache(link_settings())
+    cache = ProbeCache(link_settings(), rand=lambda: 0.0)  # no jitter drawn
     now = 100.0
     waits = []
     for _ in range(5):
@@ -104,6 +105,21 @@ def test_probe_cache_backs_off_after_failures() -> None:
     assert status.reason == "offline (probe failed 5x: refused; next in 3s)"
     cache.record(True, now)
     assert cache.failures == 0 and cache.view(now).ok
+
+
+def test_probe_cache_jitter_spreads_a_fleet_of_devices() -> None:
+    """Devices that lose the network together must not all re-probe at the
+    same instant when it returns: each wait is cut by a random share of up
+    to ``backoff_jitter`` (default 0.2)."""
+    settings = ConnectivitySettings.model_validate({"backoff_initial_s": 10.0})
+    assert settings.backoff_jitter == 0.2
+    waits = []
+    for seed in range(50):
+        cache = ProbeCache(settings, rand=random.Random(seed).random)
+        cache.record(False, 0.0, "refused")
+        waits.append(cache.next_at)
+    assert all(8.0 < w <= 10.0 for w in waits)
+    assert len({round(w, 6) for w in waits}) == 50
 
 
 def test_probe_cache_expire_forgets_only_a_success() -> None:
