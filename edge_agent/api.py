@@ -381,6 +381,10 @@ def _json(body: bytes) -> object:
         raise ApiError(
             400, f"the request body is not valid JSON: {exc}", code="invalid_json"
         ) from exc
+    except RecursionError as exc:  # the decoder's limit, about 1,000 levels
+        raise ApiError(
+            400, "the request body is nested too deeply to read", code="invalid_json"
+        ) from exc
 
 
 # ---------------------------------------------------------------- the answer

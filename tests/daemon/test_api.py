@@ -77,6 +77,17 @@ def test_invalid_json_is_400(api: httpx.Client) -> None:
     assert_error(response, 400, "invalid_json")
 
 
+@pytest.mark.parametrize("opener", [b"[", b'{"a":'])
+def test_deeply_nested_json_is_400_not_500(api: httpx.Client, opener: bytes) -> None:
+    """Past the JSON decoder's recursion limit the body is refused as a
+    client error, and the daemon keeps serving."""
+    closer = b"]" if opener == b"[" else b"}"
+    body = opener * 5000 + b"1" + closer * 5000
+    error = assert_error(api.post("/v1/chat/completions", content=body), 400, "invalid_json")
+    assert "nested too deeply" in error["message"]
+    assert api.get("/v1/models").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
