@@ -145,7 +145,8 @@ command -v cc >/dev/null && command -v c++ >/dev/null && command -v cmake >/dev/
 # what it grants); small, and the install goes on without it.
 apt_install bubblewrap || echo "install.sh: bubblewrap not installed; see edge-agent doctor" >&2
 if [ "$DEV" -eq 1 ]; then
-  apt_install mosquitto chromium-headless-shell  # broker, dashboard test
+  # broker, dashboard test, kernel headers (seccomp numbers checked against them)
+  apt_install mosquitto chromium-headless-shell linux-libc-dev
 fi
 
 if [ ! -x .venv/bin/python ]; then

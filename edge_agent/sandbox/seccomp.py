@@ -10,8 +10,10 @@ connect to a world-writable pathname socket such as the D-Bus system bus);
 ``clone3`` returns ``ENOSYS`` so that libc falls back to ``clone``, whose
 flags a classic filter can inspect (namespace flags are refused).
 
-Only x86_64 and aarch64 are described; a syscall made through any other
-ABI (32-bit compat, x32) kills the process. A deny list stops the known
+Only x86_64 and aarch64 are described. A syscall made through another
+architecture's ABI (32-bit compat: ``int 0x80`` on x86_64) kills the
+process, since our numbers mean nothing there; an x32 syscall on x86_64
+(the same architecture, numbers with bit 30 set) returns ``EPERM``. A deny list stops the known
 escapes, not the unknown ones: this sandbox stops accidents and common
 attacks; it is not a VM.
 """
