@@ -196,8 +196,20 @@ def _tools_in(folder: Path) -> Iterator[Tool]:
 
 
 def load_module(path: Path) -> ModuleType:
-    """Import a tool module by file path under a private, stable name."""
-    digest = hashlib.sha1(str(path.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
+    """Import a tool module by file path under a private name.
+
+    The name is derived from the path *and the file's bytes*: a module is
+    imported once per version of its file, so a reload (the daemon's SIGHUP)
+    after an edit reads the new code. A name from the path alone kept the old
+    module in ``sys.modules``: the verifier checked calls against the old
+    schema while the sandbox, importing the file afresh, ran the new code.
+    """
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise ToolDefinitionError(f"cannot read tools module {path}: {exc.strerror}") from exc
+    key = str(path.resolve()).encode() + b"\0" + content
+    digest = hashlib.sha1(key, usedforsecurity=False).hexdigest()[:12]
     mod_name = f"edge_agent_tools_{path.stem}_{digest}"
     if mod_name in sys.modules:
         return sys.modules[mod_name]
