@@ -59,6 +59,7 @@ from edge_agent.config import ServerSettings
 from edge_agent.daemon import Daemon, Failure, JobEvent, Live, Settled
 from edge_agent.dashboard import DATA_PATH, PAGE_PATH
 from edge_agent.errors import BusyError, ConfigError, SchemaError
+from edge_agent.jobs import JobOptions
 from edge_agent.journal import request_payload
 from edge_agent.schema import ToolSpec, normalize_tools
 
@@ -301,15 +302,15 @@ def _options(
 ) -> dict[str, Any]:
     cap = live.config.model.max_tokens
     wanted = chat.max_completion_tokens or chat.max_tokens
-    return {
-        "model": chat.model,
-        "tool_choice": _tool_choice(chat, live, specs),
-        "execute": execute,
-        "max_tokens": min(wanted, cap) if wanted else cap,
-        "tool_source": source,
-        "tool_names": [s.name for s in specs] if source == "registry" else None,
-        "parallel": chat.parallel_tool_calls,
-    }
+    return JobOptions(
+        model=chat.model,
+        tool_choice=_tool_choice(chat, live, specs),
+        execute=execute,
+        max_tokens=min(wanted, cap) if wanted else cap,
+        tool_source=source,
+        tool_names=tuple(s.name for s in specs),
+        parallel=chat.parallel_tool_calls,
+    ).to_json()
 
 
 def _tool_choice(chat: ChatBody, live: Live, specs: list[ToolSpec]) -> str:

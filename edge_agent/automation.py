@@ -69,6 +69,7 @@ from edge_agent.automation_settings import (
     Threshold,
 )
 from edge_agent.errors import EdgeAgentError, ToolError
+from edge_agent.jobs import JobOptions
 from edge_agent.offload.mqtt import OFFLINE, BrokerLink, publish_properties
 from edge_agent.offload.settings import BrokerSettings
 from edge_agent.registry import Tool, ToolPolicy, tool_from_function
@@ -175,14 +176,14 @@ class AgentRequest:
         return {
             "messages": [dict(m) for m in self.messages],
             "tools": [],
-            "options": {
-                "tool_source": "registry",
-                "tool_names": list(self.tool_names),
-                "execute": True,
-                "tool_choice": "required",
-                "priority": PRIORITY,
-                "automation": self.context(),
-            },
+            "options": JobOptions(
+                tool_source="registry",
+                tool_names=tuple(self.tool_names),
+                execute=True,
+                tool_choice="required",
+                priority=PRIORITY,
+                automation=self.context(),
+            ).to_json(),
         }
 
     def context(self) -> dict[str, Any]:

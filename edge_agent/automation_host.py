@@ -25,13 +25,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.errors import BusyError, ConfigError, EdgeAgentError
+from edge_agent.jobs import Failure, Job, JobHost
 from edge_agent.registry import Registry, Tool
 
 if TYPE_CHECKING:
     from edge_agent.agent import Confirm
     from edge_agent.automation import AgentRequest, AutomationEngine
     from edge_agent.automation_settings import AutomationSettings
-    from edge_agent.daemon import Daemon, Job
     from edge_agent.sandbox.base import Sandbox
     from firmware_bridge.bridge import Bridge, HostRunner
     from firmware_bridge.mqtt_link import MqttConfirmer
@@ -45,7 +45,7 @@ SUBMIT_TIMEOUT_S = 30.0
 class AutomationHost:
     """The engine, the bridge and its links, for one daemon."""
 
-    def __init__(self, daemon: Daemon, settings: AutomationSettings) -> None:
+    def __init__(self, daemon: JobHost, settings: AutomationSettings) -> None:
         self.daemon = daemon
         self.settings = settings
         self.bridge: Bridge | None = None
@@ -131,8 +131,6 @@ class AutomationHost:
         """Queue the request as a daemon job and wait for it to settle, so
         that the lane coalesces what arrives meanwhile. A full queue drops
         the request, counted and logged (never silently)."""
-        from edge_agent.daemon import Failure
-
         assert self._loop is not None and self.engine is not None
         submit = self.daemon.submit(
             request.payload(), source="automation", idempotency_key=request.key
@@ -192,7 +190,7 @@ class AutomationHost:
         """Actuations in this job name it and the reading that caused it;
         untrusted unless the reading was plain numbers."""
         assert self.bridge is not None
-        auto: Mapping[str, Any] = job.options.get("automation") or {}
+        auto = job.options.automation
         untrusted = bool(auto.get("untrusted", True))
         with self.bridge.context(request_id=job.request_id, source="automation",
                                  reading=auto.get("reading"), untrusted=untrusted):  # fmt: skip
@@ -232,8 +230,8 @@ class AutomationCollector:
     and ``edge_agent_bridge_events{counter}`` (frames, rejections,
     actuations by status). Empty while the daemon runs no automation."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, daemon: object) -> None:
+        self.daemon = daemon  # anything with an ``automation`` attribute (the daemon)
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily

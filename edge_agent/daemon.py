@@ -42,16 +42,28 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from edge_agent.agent import Agent
 from edge_agent.assemble import Assembly
+from edge_agent.confidence import features_from_result
 from edge_agent.config import AgentSettings, state_dir
 from edge_agent.engine.base import Engine
 from edge_agent.errors import BusyError, ConfigError, EdgeAgentError, EngineError, InputError
+from edge_agent.jobs import (
+    Answer,
+    Failure,
+    FailureKind,
+    Job,
+    JobEvent,
+    JobOptions,
+    Live,
+    Settled,
+    Ticket,
+)
 from edge_agent.journal import Energy, Journal, RequestRow, Source, attempt_records
 from edge_agent.ladder import Ladder
 from edge_agent.power import EnergySample, best_probe
@@ -80,98 +92,10 @@ DRAIN_RETRY_AFTER_S = 10
 _STOP: tuple[int, int, None] = (-(10**9), 0, None)  # the consumer's "no more jobs"
 
 OUTBOX_POLL_S = 5.0  # idle worker: how often queued offloads are retried
+PRUNE_EVERY_S = 3600.0  # how often finished requests past retention leave the journal
 
-FailureKind = Literal[
-    "rejected", "expired", "error", "crashed", "interrupted", "failed", "queued", "declined"
-]
 Loader = Callable[[], "tuple[EdgeAgentConfig, str | None]"]
 AppFactory = Callable[["Daemon"], "ASGIApp"]
-
-
-# ---------------------------------------------------------------- plain data
-
-
-@dataclass(frozen=True)
-class Live:
-    """What SIGHUP replaces: the config, the API token and the tools."""
-
-    config: EdgeAgentConfig
-    token: str | None
-    registry: Registry
-
-
-@dataclass(frozen=True)
-class Job:
-    """An accepted request, as the worker sees it (the journal's payload)."""
-
-    request_id: str
-    payload: dict[str, Any]
-    source: str
-    priority: int
-    deadline: float | None
-    queued_at: float = field(default_factory=time.monotonic, compare=False)
-    idempotency_key: str | None = None
-
-    @classmethod
-    def from_row(cls, row: RequestRow) -> Job:
-        return cls(
-            row.id,
-            row.payload,
-            row.source,
-            row.priority,
-            row.deadline,
-            idempotency_key=row.idempotency_key,
-        )
-
-    @property
-    def options(self) -> dict[str, Any]:
-        options: dict[str, Any] = self.payload.get("options") or {}
-        return options
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A request answered; ``result`` is what the journal stores for it."""
-
-    request_id: str
-    result: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A request that ended without an answer, and why (in the journal too)."""
-
-    request_id: str
-    kind: FailureKind
-    reason: str
-
-
-Settled = Answer | Failure
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """What intake hands back: the journal id and the answer to come.
-    ``duplicate`` when the idempotency key had been seen."""
-
-    request_id: str
-    duplicate: bool
-    future: asyncio.Future[Settled]
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """Telemetry for one settled request."""
-
-    request_id: str
-    source: str
-    outcome: str  # call | answer | invalid, or a FailureKind
-    queue_s: float
-    run_s: float
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    energy_j: float = 0.0
-    route: str = ""
 
 
 # ---------------------------------------------------------------- the daemon
@@ -209,6 +133,7 @@ class Daemon:
         self._reserved = 0  # intakes between the capacity check and the queue
         self._running: Job | None = None
         self._mean_run_s = 1.0
+        self._pruned_at = float("-inf")  # monotonic time of the last journal prune
         self._limiter = RateLimiter()  # shared by every request: limits span requests
         self._probe = best_probe()  # per-request energy, with its source, in the journal
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="edge-agent-inference")
@@ -331,6 +256,8 @@ class Daemon:
             run_s = time.monotonic() - started
             self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * run_s
             self._settle(job, settled, run_s, started - job.queued_at)
+            if time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
+                await loop.run_in_executor(self._executor, self.prune_journal)
 
     def _settle(self, job: Job, settled: Settled, run_s: float, queue_s: float) -> None:
         future = self._waiters.pop(job.request_id, None)
@@ -356,7 +283,7 @@ class Daemon:
                 return self._process_routed(job, self.live, self.routing)
             started, before = time.monotonic(), self._probe.sample()
             result = self._answer(job, self.live)
-            stored = stored_result(result, self.engine.model_name, bool(job.options.get("execute")))
+            stored = stored_result(result, self.engine.model_name, job.options.execute)
             spent = EnergySample.between(before, self._probe.sample())
             stored["energy_j"], stored["energy_source"] = spent.joules, spent.source
             records = attempt_records(
@@ -386,7 +313,6 @@ class Daemon:
         """The cascade: local when confident and verified, else the cloud,
         else queued or declined. The router journals the outcome itself."""
         rid, options = job.request_id, job.options
-        execute = bool(options.get("execute"))
         before = self._probe.sample()
         routed = routing.answer(
             self._agent(job, live, routed=True),
@@ -394,8 +320,8 @@ class Daemon:
             request_id=rid,
             source=job.source,
             idempotency_key=job.idempotency_key or rid,
-            tool_choice=str(options.get("tool_choice") or "auto"),
-            execute=execute,
+            tool_choice=options.tool_choice or "auto",
+            execute=options.execute,
         )
         spent = EnergySample.between(before, self._probe.sample())
         if routed.route == "queued":
@@ -411,7 +337,7 @@ class Daemon:
             if routed.result
             else "stop",
             "created": int(time.time()),
-            "executed": execute,
+            "executed": options.execute,
             "energy_j": spent.joules,
             "energy_source": spent.source,
         }
@@ -454,12 +380,11 @@ class Daemon:
         if self.automation is not None and self.automation.handles(job):
             return self._answer_automation(job, live, self.automation)
         options = job.options
-        execute = bool(options.get("execute"))
         agent = self._agent(job, live)
         return agent.ask(
             job.payload["messages"],
-            tool_choice=str(options.get("tool_choice") or "auto"),
-            execute=execute,
+            tool_choice=options.tool_choice or "auto",
+            execute=options.execute,
         )
 
     def _agent(self, job: Job, live: Live, *, routed: bool = False) -> Agent:
@@ -471,8 +396,8 @@ class Daemon:
             self.engine,
             _tools_for(job.payload, live.registry),
             cascade_agent_settings(settings) if routed else settings,
-            max_tokens=int(options.get("max_tokens") or live.config.model.max_tokens),
-            sandbox=self.sandbox if options.get("execute") else None,
+            max_tokens=options.max_tokens or live.config.model.max_tokens,
+            sandbox=self.sandbox if options.execute else None,
             limiter=self._limiter,
             ladder=self.ladder,
         )
@@ -486,9 +411,9 @@ class Daemon:
         options = job.options
         agent = Agent(
             self.engine,
-            host.registry_for(options.get("tool_names") or [], live.registry),
+            host.registry_for(options.tool_names, live.registry),
             _settings_for(options, live.config.agent),
-            max_tokens=int(options.get("max_tokens") or live.config.model.max_tokens),
+            max_tokens=options.max_tokens or live.config.model.max_tokens,
             sandbox=host.runner(self.sandbox),
             confirm=host.confirm,
             limiter=self._limiter,
@@ -497,7 +422,7 @@ class Daemon:
         with host.context(job):
             return agent.ask(
                 job.payload["messages"],
-                tool_choice=str(options.get("tool_choice") or "required"),
+                tool_choice=options.tool_choice or "required",
                 execute=True,
             )
 
@@ -518,8 +443,26 @@ class Daemon:
 
     # -- lifecycle
 
+    def prune_journal(self) -> int:
+        """Drop finished requests older than ``server.journal_keep_days``
+        (audit rows stay): without it the journal grows for as long as the
+        device runs. Returns how many went; a failure is logged, not raised."""
+        self._pruned_at = time.monotonic()
+        keep_days = self.live.config.server.journal_keep_days
+        if keep_days <= 0:
+            return 0
+        try:
+            gone = self.journal.prune(time.time() - keep_days * 86_400)
+        except EdgeAgentError as exc:
+            log.warning("journal prune: %s", exc.one_line())
+            return 0
+        if gone:
+            log.info("journal: dropped %d finished request(s) older than %g days", gone, keep_days)
+        return gone
+
     def resume(self) -> int:
         """Settle what the last run left and queue what is unfinished."""
+        self.prune_journal()
         routing = self.routing
 
         def retry(row: RequestRow) -> bool:
@@ -618,13 +561,17 @@ def peak_rss_bytes() -> int:
 def stored_result(result: Result, model: str, executed: bool) -> dict[str, Any]:
     """What the journal keeps for an answered request; the API renders its
     responses (and idempotent replays) from this alone."""
-    return {
+    stored = {
         **result.to_json(),
         "model": model,
         "finish_reason": result.final.generation.finish_reason,
         "created": int(time.time()),
         "executed": executed,
     }
+    if any(a.kind == "shadow" for a in result.attempts):
+        # the label's inputs: router calibrate --from-journal learns from them
+        stored["features"] = features_from_result(result).to_json()
+    return stored
 
 
 def _event(job: Job, settled: Settled, run_s: float, queue_s: float) -> JobEvent:
@@ -646,25 +593,24 @@ def _event(job: Job, settled: Settled, run_s: float, queue_s: float) -> JobEvent
 
 def _tools_for(payload: Mapping[str, Any], registry: Registry) -> Registry | list[ToolSpec]:
     """Registry tools by name (runnable), inline tools (proposed only), or none."""
-    options = payload.get("options") or {}
-    if options.get("tool_source") == "registry":
-        return registry.subset(options.get("tool_names") or [])
+    options = JobOptions.from_json(payload.get("options"))
+    if options.tool_source == "registry":
+        return registry.subset(options.tool_names)
     if payload.get("tools"):
         return normalize_tools(payload["tools"])
     return []
 
 
-def _settings_for(options: Mapping[str, Any], settings: AgentSettings) -> AgentSettings:
-    parallel = options.get("parallel")
-    if parallel is None:
+def _settings_for(options: JobOptions, settings: AgentSettings) -> AgentSettings:
+    if options.parallel is None:
         return settings
-    return settings.model_copy(update={"parallel_calls": bool(parallel)})
+    return settings.model_copy(update={"parallel_calls": options.parallel})
 
 
 def _safe_to_retry(row: RequestRow) -> bool:
     """A request cut off mid-way is run again only if it could not have run
     tools: side effects must not happen twice."""
-    return not (row.payload.get("options") or {}).get("execute")
+    return not JobOptions.from_json(row.payload.get("options")).execute
 
 
 def _needs_restart(old: EdgeAgentConfig, new: EdgeAgentConfig) -> Iterator[str]:
@@ -762,7 +708,7 @@ def load_ladder(parts: Assembly, registry: Registry) -> Ladder | None:
     for status in parts.tier_status():
         state = "on" if status.on else "off"
         log.info("ladder tier %s: %s (%s)", status.name, state, status.detail)
-    ladder = parts.ladder(warm_tools=registry)
+    ladder = parts.ladder(warm_tools=registry, shadow=True)
     for tier in ladder.tiers if ladder is not None else ():
         tier.engine  # noqa: B018 - loads the model and warms its tool block
     return ladder
