@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every check CI runs, in one place: lint, format, types, tests.
+# Every check CI runs, in one place: lint, format, import direction, types, tests.
 # Run ./install.sh --dev first. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
 V=.venv/bin
 echo "== ruff";   "$V/ruff" check .
 echo "== format"; "$V/ruff" format --check .
+echo "== imports"; "$V/lint-imports" --no-cache | sed -n '/^Contracts:/,$p'
 echo "== mypy";   "$V/mypy" && MYPYPATH=tools "$V/mypy" tools/*.py
 echo "== pytest"; "$V/python" -m pytest "$@"
