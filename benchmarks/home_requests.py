@@ -13,8 +13,8 @@ sandbox with a throw-away state folder (device state and notes start empty;
 dangerous actions are confirmed), so the model gets its later steps too.
 
     flock /tmp/llama.lock python benchmarks/home_requests.py [--model NAME|PATH]
-        [--config FILE] [--threads N] [--parallel] [--exec] [--start N] [--limit N] [--ids ID,...]
-        [--json OUT]
+        [--config FILE] [--threads N] [--[no-]parallel] [--exec] [--start N] [--limit N]
+        [--ids ID,...] [--json OUT]
     python benchmarks/home_requests.py --report OUT1 OUT2 ...   (merge chunked runs)
 
 A no-tool item is right only when declined: no call and a text answer (all
@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", metavar="NAME|PATH", help="as ask's --model")
     parser.add_argument("--config", type=Path, metavar="FILE", help="as ask's --config")
     parser.add_argument("--threads", type=int, metavar="N", help="as ask's --threads")
-    parser.add_argument("--parallel", action="store_true", help="as ask's --parallel")
+    parser.add_argument(
+        "--parallel", action=argparse.BooleanOptionalAction, help="as ask's --[no-]parallel"
+    )
     parser.add_argument("--exec", action="store_true", help="run the calls in a temp sandbox")
     parser.add_argument("--start", type=int, default=0, metavar="N", help="skip the first N items")
     parser.add_argument("--limit", type=int, metavar="N", help="only N items")
@@ -115,8 +117,8 @@ def build_agent(args: argparse.Namespace, exec_root: Path | None) -> tuple[Agent
         os.environ["EDGE_AGENT_STATE_DIR"] = str(exec_root)
     parts = Assembly(load_config(args.config))
     settings = parts.config.agent
-    if args.parallel:
-        settings = settings.model_copy(update={"parallel_calls": True})
+    if args.parallel is not None:
+        settings = settings.model_copy(update={"parallel_calls": args.parallel})
     agent = parts.agent(
         parts.registry(),
         engine=parts.engine(args.model, n_threads=args.threads),
@@ -159,12 +161,44 @@ def _run(agent: Agent, item: dict[str, Any], *, execute: bool) -> dict[str, Any]
         "turns": len(result.attempts),
         "steps": len({a.step for a in result.attempts}),
         "tier": result.tier,
+        "tiers": tier_rows(item, result),
         "ask": result.to_json(),
     }
     mark = "ok " if verdict.correct else "BAD"
     print(f"{mark} {result.latency_s:5.2f}s {item['id']} {item['prompt']}  {verdict.reason}")
     sys.stdout.flush()  # progress shows through a pipe too
     return row
+
+
+def tier_rows(item: dict[str, Any], result: Result) -> list[dict[str, Any]]:
+    """Each ladder tier's own first-step answer, scored, when more than one
+    tier answered: a run at ``[ladder] threshold = 1.0`` can then be replayed
+    at any τ0 and tier-1 call bias by ``benchmarks/ladder_replay.py``."""
+    first = [a for a in result.attempts if a.step == 0 and a.kind != "shadow"]
+    rows = []
+    for tier in sorted({a.tier for a in first}):
+        mine = [a for a in first if a.tier == tier]
+        last = mine[-1]
+        calls = [v.call.to_dict() for v in last.verdicts if v.ok and v.call] if last.valid else []
+        text = not last.parsed.is_call and last.valid and bool(last.parsed.text)
+        verdict = score(item["expected"], calls)
+        correct = verdict.correct and (bool(item["expected"]) or text)
+        scores = mine[0].generation.tokens
+        margin = getattr(getattr(mine[0].generation, "stats", None), "call_margin", None)
+        rows.append(
+            {
+                "tier": tier,
+                "correct": correct,
+                "valid": last.valid,
+                "p_success": last.p_success,
+                "seconds": round(sum(a.generation.timings.total_s for a in mine), 4),
+                "first": {
+                    "call": bool(scores) and scores[0].text.strip() == "<tool_call>",
+                    "margin": None if margin is None else round(margin, 4),
+                },
+            }
+        )
+    return rows if len(rows) > 1 else []
 
 
 def declined(result: Result) -> bool:

@@ -18,6 +18,13 @@ the wrong answers tier 0 keeps stay within ``--max-error`` of all requests.
 recomputed from each item's recorded features by the shipped confidence
 model, and only replayed on the reports given first.
 
+``--call-bias``: when the run forced tier 1 to open a call (its tier had
+``call_bias = 100``), replay tier 1's answers at other biases too, from the
+recorded call margin (``first.margin``: the best call-opening logit minus
+the best other at the first token): at bias b tier 1 calls when
+margin + b >= 0, else answers in text, which is right only where no tool
+fits. It prints accuracy per bias for tier 1 alone, then the ladder at τ0.
+
 The replayed times are a model of the ladder, not a measurement of it: the
 acceptance speed figures come from a real run at the chosen τ.
 """
@@ -46,14 +53,34 @@ def tuning_scores(paths: list[Path]) -> list[tuple[float, bool]]:
 
 
 def load(paths: list[Path]) -> list[dict[str, Any]]:
+    """Items answered by both tiers, from ``bench bfcl --json`` reports or
+    ``benchmarks/home_requests.py --json`` ones (category ``home-tool`` or
+    ``home-none``; a text answer is right only on ``home-none``)."""
     items = []
     for path in paths:
         report = json.loads(path.read_text("utf-8"))
-        for item in report["per_item"]:
+        for item in report.get("per_item") or report.get("items") or []:
             tiers = {t["tier"]: t for t in item.get("tiers") or []}
             if {0, 1} <= set(tiers):
-                items.append({"category": report["category"], "t0": tiers[0], "t1": tiers[1]})
+                category = report.get("category") or (
+                    "home-tool" if item.get("expected") else "home-none"
+                )
+                items.append({"category": category, "t0": tiers[0], "t1": tiers[1]})
     return items
+
+
+def declines_rightly(category: str) -> bool:
+    """Whether a text answer (a decline) is the right answer in ``category``."""
+    return "irrelevance" in category or category == "home-none"
+
+
+def at_bias(item: dict[str, Any], bias: float) -> dict[str, Any]:
+    """The item with tier 1's answer replayed at ``bias`` (see --call-bias)."""
+    t1, first = item["t1"], item["t1"].get("first") or {}
+    if first.get("margin") is None or first["margin"] + bias >= 0:
+        return item
+    declined = {**t1, "correct": declines_rightly(item["category"]), "valid": True}
+    return {**item, "t1": declined}
 
 
 def replay(items: list[dict[str, Any]], tau: float) -> dict[str, float]:
@@ -75,8 +102,14 @@ def main() -> None:
     parser.add_argument(
         "--tune", type=Path, nargs="*", default=[], help="slm reports to pick τ0 on"
     )
+    parser.add_argument(
+        "--call-bias", type=float, nargs="*", metavar="B", help="replay tier 1 at these biases"
+    )
     args = parser.parse_args()
     items = load(args.reports)
+    if args.call_bias:
+        bias_table(items)
+        return
     n = len(items)
     alone = [sum(i[k]["correct"] for i in items) / n for k in ("t0", "t1")]
     times = [sum(i[k]["seconds"] for i in items) / n for k in ("t0", "t1")]
@@ -108,6 +141,22 @@ def main() -> None:
         rc = replay(part, cal.threshold)
         print(f"  {category}: {len(part)} items, accuracy {rc['accuracy']:.3f}, "
               f"climbs {rc['climb']:.0%}")  # fmt: skip
+
+
+def bias_table(items: list[dict[str, Any]]) -> None:
+    """Tier 1 alone, and the ladder at a few τ0, per call bias."""
+    categories = sorted({i["category"] for i in items})
+    print("| call bias | " + " | ".join(categories) + " | tier 1 all | ladder τ0=0.88 |")
+    print("|---" * (len(categories) + 3) + "|")
+    for bias in (-2.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 100.0):
+        biased = [at_bias(i, bias) for i in items]
+        cells = []
+        for category in categories:
+            part = [i for i in biased if i["category"] == category]
+            cells.append(f"{sum(i['t1']['correct'] for i in part) / len(part):.3f}")
+        alone = sum(i["t1"]["correct"] for i in biased) / len(biased)
+        ladder = replay(biased, 0.88)["accuracy"]
+        print(f"| {bias:g} | " + " | ".join(cells) + f" | {alone:.3f} | {ladder:.3f} |")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import psutil
 
 from edge_agent.config import EdgeAgentConfig, TierSettings, load_config, state_dir
 from edge_agent.errors import EngineError, ModelError
-from edge_agent.ladder import Ladder, Tier
+from edge_agent.ladder import Ladder, Tier, sampler
 from edge_agent.registry import BUILTIN_TOOLS_DIR, Registry, tools_from_json_file
 
 if TYPE_CHECKING:
@@ -120,22 +120,29 @@ class Assembly:
 
         return load_engine
 
-    def ladder(self, *, warm_tools: Registry | None = None) -> Ladder | None:
+    def ladder(self, *, warm_tools: Registry | None = None, shadow: bool = False) -> Ladder | None:
         """The tiers above tier 0 that are on here, or None when none is.
         Each loads on its first climb (``warm_tools``: read that registry's
-        tool block into the new model's KV cache as it loads)."""
+        tool block into the new model's KV cache as it loads). ``shadow``:
+        check ``ladder.shadow_rate`` of the sure answers on tier 1 too (the
+        daemon; a benchmark must not, it would pay for answers it discards)."""
         if self._ladder is not None:
             return self._ladder
         on = [t for t, s in zip(self._tier_settings(), self.tier_status(), strict=True) if s.on]
         if not on:
             return None
         tiers = tuple(self._tier(t, warm_tools) for t in on)
-        self._ladder = Ladder(self.config.ladder.threshold, tiers, self._judge)
+        rate = self.config.ladder.shadow_rate if shadow else 0.0
+        self._ladder = Ladder(self.config.ladder.threshold, tiers, self._judge, sampler(rate))
         return self._ladder
 
     def _tier(self, settings: TierSettings, warm_tools: Registry | None) -> Tier:
         def load() -> Engine:
-            return self.engine(settings.name, n_threads=settings.n_threads)
+            engine = self.engine(settings.name, n_threads=settings.n_threads)
+            with_options = getattr(engine, "with_options", None)
+            if settings.call_bias is not None and with_options is not None:
+                return cast("Engine", with_options(call_bias=settings.call_bias))
+            return engine
 
         def on_load(engine: Engine) -> None:
             if warm_tools is not None and self.config.model.prefix_cache:

@@ -78,7 +78,11 @@ class AgentSettings(BaseModel):
     tool_choice: Literal["auto", "required", "none"] = Field(
         "auto", description="auto: call or answer; required: must call; none: never call"
     )
-    parallel_calls: bool = Field(False, description="allow several calls in one answer")
+    parallel_calls: bool = Field(
+        True,
+        description='allow several calls in one answer ("turn off the lights and lock the '
+        "door\"); on by default, as in OpenAI's API and in every bench run",
+    )
     max_calls: int = Field(8, ge=1, le=64, description="most calls in one parallel answer")
     repair_attempts: int = Field(
         1, ge=0, le=3, description="local retries that feed the verifier's error back"
@@ -118,6 +122,15 @@ class TierSettings(BaseModel):
     n_threads: int | None = Field(
         None, ge=1, le=256, description="llama.cpp threads; None = model.n_threads"
     )
+    call_bias: float | None = Field(
+        0.0,
+        ge=-20,
+        le=100,
+        description="with tool_choice auto, open a call when the model's best call-opening "
+        "token (the tag, or a fence or brace it writes calls with) plus this many logits "
+        "beats its best text token; None: the grammar's plain first choice, which pushed the "
+        "1.5B into prose (llguidance engine only)",
+    )
 
 
 def _default_tiers() -> list[TierSettings]:
@@ -150,6 +163,14 @@ class LadderSettings(BaseModel):
         default_factory=_default_tiers,
         description="local models above [model], in order; a tier whose file is missing "
         "or that does not fit in free memory is off (edge-agent doctor says why)",
+    )
+    shadow_rate: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="in the daemon, the share of answers tier 0 was sure of that tier 1 "
+        "answers too, only to compare; journaled as labels for "
+        "`edge-agent router calibrate --from-journal`",
     )
     memory_headroom_mb: int = Field(
         300,
@@ -256,6 +277,13 @@ class ServerSettings(BaseModel):
     )
     allow_execute: bool = Field(
         True, description="let API requests run registry tools (x_edge_agent_execute)"
+    )
+    journal_keep_days: float = Field(
+        30.0,
+        ge=0,
+        le=36_500,
+        description="finished requests older than this leave the journal (at start, then "
+        "hourly), so it does not fill an SD card; audit rows stay; 0 keeps everything",
     )
 
 

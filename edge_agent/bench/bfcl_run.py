@@ -59,7 +59,7 @@ from edge_agent.ladder import Ladder
 from edge_agent.power import EnergySample, PowerProbe, best_probe, cpu_model_name
 from edge_agent.prompts import Message
 from edge_agent.router import Cloud, Mode, RoutedResult, Router, cascade_agent_settings
-from edge_agent.run import Result
+from edge_agent.run import Attempt, Result
 from edge_agent.schema import ToolSpec, normalize_tools
 
 CATEGORIES = frozenset(
@@ -437,9 +437,26 @@ def _tier_answers(item: BfclItem, result: Result, category: str) -> tuple[dict[s
                 "p_success": None if p is None else round(p, 4),
                 "seconds": round(seconds, 4),
                 "attempts": len(attempts),
+                "first": _first_token(attempts[0]),
             }
         )
     return tuple(out)
+
+
+def _first_token(attempt: Attempt) -> dict[str, Any] | None:
+    """Whether the first answer opened a call, and the engine's call margin
+    (best call-opening logit minus best other, see ``call_bias`` in
+    :mod:`edge_agent.engine.guided`) when it had a call-intent rule: with
+    it, a run at one bias can be replayed at any other."""
+    scores = attempt.generation.tokens
+    if not scores:
+        return None
+    stats = getattr(attempt.generation, "stats", None)
+    margin = getattr(stats, "call_margin", None)
+    return {
+        "call": scores[0].text.strip().startswith("<tool_call>"),
+        "margin": None if margin is None else round(margin, 4),
+    }
 
 
 def _score_routed(

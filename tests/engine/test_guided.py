@@ -394,6 +394,31 @@ def test_lazy_turns_a_fenced_answer_into_a_valid_call(
     assert_valid_call(out.text, HOME_TOOLS)
 
 
+@pytest.mark.parametrize("lazy", [False, True], ids=["hard", "lazy"])
+def test_call_bias_moves_the_border_between_text_and_a_call(
+    qwen: LlamaEngine, guided_qwen: GuidedLlamaEngine, lazy: bool
+) -> None:
+    """A request the model answers in text becomes a call under a large
+    bias; the first token's score stays the model's own (how far it was
+    from calling), and a bias changes nothing where text is not allowed."""
+    prompt = prompt_for(qwen, "Hi! Who are you? Answer in one short sentence, no tools.")
+    auto = build_grammar(HOME_TOOLS, AUTO)
+    plain = guided_qwen.with_options(lazy=lazy).generate(prompt, grammar=auto, max_tokens=48)
+    assert not parse_output(plain.text).is_call
+    biased = guided_qwen.with_options(lazy=lazy, call_bias=100.0)
+    forced = biased.generate(prompt, grammar=auto, max_tokens=64)
+    assert_valid_call(forced.text, HOME_TOOLS)
+    first = forced.tokens[0]
+    assert first.text == CALL_OPEN.strip()
+    assert first.logprob < first.top_logprob  # the model itself preferred text
+    assert forced.stats.call_margin is not None and forced.stats.call_margin < 0
+    at_zero = guided_qwen.with_options(lazy=lazy, call_bias=0.0)
+    assert at_zero.generate(prompt, grammar=auto, max_tokens=48).text == plain.text
+    required = build_grammar(HOME_TOOLS, REQUIRED)
+    unbiased = guided_qwen.with_options(lazy=lazy).generate(prompt, grammar=required)
+    assert biased.generate(prompt, grammar=required).text == unbiased.text
+
+
 def test_required_is_constrained_from_the_first_token(
     qwen: LlamaEngine, guided_qwen: GuidedLlamaEngine
 ) -> None:
