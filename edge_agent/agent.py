@@ -180,7 +180,16 @@ class Agent:
         else:
             _, p = self.ladder.settles(climbed[-1], len(self.ladder.tiers))
             climbed[-1][-1] = replace(climbed[-1][-1], p_success=p)
+        if len(climbed) == 1 and self.ladder.shadow():
+            return [*self._shadow(decide), *tiers]
         return _settled_last(climbed)
+
+    def _shadow(self, d: _Decision) -> list[Attempt]:
+        """Tier 1's answer to a request tier 0 was sure of, kept beside it
+        as a label (see :class:`~edge_agent.ladder.Ladder`), never used."""
+        assert self.ladder is not None
+        checked = self._tier_attempts(d, self.ladder.tiers[0].engine, 1)
+        return [replace(a, kind="shadow") for a in checked]
 
     def _tier_attempts(self, d: _Decision, engine: Engine, tier: int) -> list[Attempt]:
         """One tier's initial attempt and up to ``repair_attempts`` repairs."""

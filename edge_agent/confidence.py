@@ -150,7 +150,8 @@ def features_from_result(
     temperature above 0); when given, ``agreement`` is the share of them whose
     verified calls equal this answer's.
     """
-    attempts = [a for a in result.attempts if a.step == step] or list(result.attempts)
+    answered = [a for a in result.attempts if a.kind != "shadow"]
+    attempts = [a for a in answered if a.step == step] or answered
     features = features_from_attempts(attempts)
     if not samples:
         return features
@@ -743,6 +744,36 @@ def example_from_routed(result: dict[str, Any]) -> tuple[list[float], int] | Non
     cloud = sorted(json.dumps(c, sort_keys=True) for c in offload.get("calls", []))
     agree = (mine == cloud) if (mine or cloud) else not slm.errors
     return Features.from_json(features).vector(), int(agree)
+
+
+def example_from_shadow(result: dict[str, Any]) -> tuple[list[float], int] | None:
+    """A training example from a journaled local answer that had a shadow
+    check (the tier above answered it too, see ``ladder.shadow_rate``):
+    labelled 1 if tier 0's answer proposed the calls tier 1's did (or both
+    answered in text). None without a shadow check or features. These are
+    the sure answers, which offloads never label."""
+    from edge_agent.calls import parse_output
+
+    attempts = result.get("attempts")
+    features = result.get("features")
+    if not isinstance(attempts, list) or not isinstance(features, dict):
+        return None
+    first = [a for a in attempts if isinstance(a, dict) and a.get("step", 0) == 0]
+    shadow = [a for a in first if a.get("kind") == "shadow"]
+    answer = [a for a in first if a.get("kind") != "shadow"]
+    if not shadow or not answer:
+        return None
+    mine, theirs = (parse_output(str(a[-1].get("raw", ""))) for a in (answer, shadow))
+    if theirs.errors or not shadow[-1].get("valid"):
+        return None  # tier 1's own answer is no label when it did not verify
+    agree = _same_calls(mine.calls, theirs.calls) and not mine.errors
+    return Features.from_json(features).vector(), int(agree)
+
+
+def _same_calls(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    return sorted(json.dumps(c.to_dict(), sort_keys=True) for c in a) == sorted(
+        json.dumps(c.to_dict(), sort_keys=True) for c in b
+    )
 
 
 # ---------------------------------------------------------------- calibration metrics

@@ -15,6 +15,7 @@ which is loaded on first use (``ask``) or at start (the daemon).
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,20 @@ from edge_agent.run import Attempt
 
 Judge = Callable[[Sequence[Attempt]], float]
 """P(success) of one step's attempts (initial, then repairs) on one tier."""
+
+
+def never() -> bool:
+    return False
+
+
+def sampler(rate: float, rng: random.Random | None = None) -> Callable[[], bool]:
+    """True for a random share ``rate`` of calls: which sure answers get a
+    shadow check. Random, not every n-th, so the labels are an unbiased
+    sample of the sure answers."""
+    if rate <= 0:
+        return never
+    draw = (rng or random.Random()).random  # noqa: S311 - a sample, not a secret
+    return lambda: draw() < rate
 
 
 class Tier:
@@ -72,11 +87,17 @@ class Tier:
 
 @dataclass(frozen=True)
 class Ladder:
-    """Tier 0's threshold, the tiers above it, and the judge of each answer."""
+    """Tier 0's threshold, the tiers above it, and the judge of each answer.
+
+    ``shadow`` picks the sure tier-0 answers that tier 1 answers as well, only
+    to compare (a *shadow check*): the confidence model is otherwise fitted
+    only on answers that climbed or went to the cloud, never on the sure ones
+    it let through, so it cannot see its own confident mistakes."""
 
     threshold: float
     tiers: tuple[Tier, ...]
     judge: Judge
+    shadow: Callable[[], bool] = never
 
     def threshold_of(self, tier: int) -> float | None:
         """τ of ``tier`` (0 = the agent's engine); None for the top rung,
@@ -143,4 +164,4 @@ def threshold_for(
     return best
 
 
-__all__ = ["Calibration", "Judge", "Ladder", "Tier", "threshold_for"]
+__all__ = ["Calibration", "Judge", "Ladder", "Tier", "never", "sampler", "threshold_for"]

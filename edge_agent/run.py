@@ -16,7 +16,9 @@ from edge_agent.calls import ParsedOutput, ToolCall
 from edge_agent.engine.base import Generation
 from edge_agent.verify import Verdict
 
-AttemptKind = Literal["initial", "repair"]
+AttemptKind = Literal["initial", "repair", "shadow"]
+"""``shadow``: the tier above answering a request its tier below was sure
+of, only to check it (a label for calibration); never the answer."""
 Outcome = Literal["call", "answer", "invalid"]
 ExecStatus = Literal["done", "failed", "unconfirmed", "skipped"]
 

@@ -89,7 +89,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def _examples(benches: list[Path], journal: Path | None) -> tuple[list[list[float]], list[int]]:
-    from edge_agent.confidence import example_from_routed, examples_from_bench
+    from edge_agent.confidence import example_from_routed, example_from_shadow, examples_from_bench
 
     if not benches and journal is None:
         raise BenchError(
@@ -106,7 +106,7 @@ def _examples(benches: list[Path], journal: Path | None) -> tuple[list[list[floa
         labels += got[1]
     if journal is not None:
         for result in _journal_results(journal):
-            example = example_from_routed(result)
+            example = example_from_routed(result) or example_from_shadow(result)
             if example is not None:
                 rows.append(example[0])
                 labels.append(example[1])
