@@ -41,7 +41,12 @@ def register(subparsers: Any) -> None:
         metavar="auto|required|none|NAME",
         help="whether a call is required, forbidden, or must be to tool NAME (default: config)",
     )
-    parser.add_argument("--parallel", action="store_true", help="allow several calls")
+    parser.add_argument(
+        "--parallel",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="allow several calls in one answer (default: agent.parallel_calls, on)",
+    )
     parser.add_argument("--no-exec", action="store_true", help="propose calls, don't run them")
     parser.add_argument(
         "--yes", action="store_true", help="confirm dangerous actions (locks, valves) up front"
@@ -64,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         parts = Assembly.from_file(args.config, status=status)
         registry = parts.registry(dirs=args.tools_dir, tools_file=args.tools)
         settings = parts.config.agent
-        if args.parallel:
-            settings = settings.model_copy(update={"parallel_calls": True})
+        if args.parallel is not None:
+            settings = settings.model_copy(update={"parallel_calls": args.parallel})
         engine = parts.engine(args.model, n_threads=args.threads)
         agent = parts.agent(
             registry,
