@@ -51,6 +51,7 @@ from edge_agent.agent import Agent
 from edge_agent.assemble import Assembly
 from edge_agent.confidence import features_from_result
 from edge_agent.config import AgentSettings, state_dir
+from edge_agent.crashes import CrashTrace
 from edge_agent.engine.base import Engine
 from edge_agent.errors import BusyError, ConfigError, EdgeAgentError, EngineError, InputError
 from edge_agent.jobs import (
@@ -92,6 +93,7 @@ DRAIN_RETRY_AFTER_S = 10
 _STOP: tuple[int, int, None] = (-(10**9), 0, None)  # the consumer's "no more jobs"
 
 OUTBOX_POLL_S = 5.0  # idle worker: how often queued offloads are retried
+MAX_CRASH_RESTARTS = 2  # tries left to a request running when the daemon crashed itself
 PRUNE_EVERY_S = 3600.0  # how often finished requests past retention leave the journal
 
 Loader = Callable[[], "tuple[EdgeAgentConfig, str | None]"]
@@ -119,8 +121,12 @@ class Daemon:
         load: Loader | None = None,
         sandbox: Sandbox | None = None,
         ladder: Ladder | None = None,
+        crashed: bool = False,
     ) -> None:
         self.engine = engine
+        # The last process died of a fatal signal of its own (edge_agent.crashes):
+        # a request it was running gets only MAX_CRASH_RESTARTS more tries.
+        self.crashed = crashed
         self.ladder = ladder
         self.journal = journal
         self.live = live
@@ -469,7 +475,8 @@ class Daemon:
             cut_mid_offload = routing is not None and routing.cut_off_in_flight(row.id)
             return _safe_to_retry(row) or cut_mid_offload
 
-        rows = self.journal.recover("interrupted by a restart", retry=retry)
+        cap = MAX_CRASH_RESTARTS if self.crashed else None  # an outside kill: no cap
+        rows = self.journal.recover("interrupted by a restart", retry=retry, max_recoveries=cap)
         for row in rows:
             self._enqueue(Job.from_row(row))
         return len(rows)
@@ -682,6 +689,11 @@ def main(load: Loader, app_factory: AppFactory) -> int:
     config, token = load()
     parts = Assembly(config, status=lambda line: log.info("%s", line.rstrip("…")))
     sock = listen(config.server.host, config.server.port)
+    trace = CrashTrace(state_dir() / "crash.trace")
+    crashed = trace.died_of_itself()
+    if crashed:
+        log.warning("the last run died of a fatal signal (trace kept in %s.last)", trace.path)
+    trace.arm()
     with contextlib.closing(sock), parts.journal() as journal:
         registry = parts.registry()
         engine = parts.engine()
@@ -689,7 +701,15 @@ def main(load: Loader, app_factory: AppFactory) -> int:
         warm_tool_block(engine, registry, config)
         ladder = load_ladder(parts, registry)
         # Tools that keep state (home devices, notes) share it with `edge-agent ask`.
-        daemon = Daemon(engine, journal, live, load=load, sandbox=parts.sandbox(), ladder=ladder)
+        daemon = Daemon(
+            engine,
+            journal,
+            live,
+            load=load,
+            sandbox=parts.sandbox(),
+            ladder=ladder,
+            crashed=crashed,
+        )
         host, port = sock.getsockname()[:2]
         log.info(
             "serving %s on http://%s:%s (%d threads, %d tools, journal %s)",
@@ -697,6 +717,7 @@ def main(load: Loader, app_factory: AppFactory) -> int:
             journal.path,
         )  # fmt: skip
         code = asyncio.run(daemon.serve(app_factory(daemon), sock))
+        trace.disarm()
         if code != 0:
             os._exit(code)  # the worker thread is still inside llama.cpp: don't join it
         return code

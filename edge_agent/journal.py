@@ -433,7 +433,7 @@ class Journal:
         reason: str = "interrupted by restart",
         *,
         retry: bool | Callable[[RequestRow], bool] = False,
-        max_recoveries: int = 2,
+        max_recoveries: int | None = 2,
     ) -> list[RequestRow]:
         """Settle what a crash left behind; returns the requests to run now.
 
@@ -441,7 +441,9 @@ class Journal:
         side effects ran, so by default it is marked failed with ``reason``.
         With ``retry`` (True, or a predicate, e.g. "only read-only tools") it
         goes back to ``accepted`` — at most ``max_recoveries`` times, so a
-        request that crashes the process cannot crash it forever. Accepted
+        request that crashes the process cannot crash it forever; None when
+        the process was killed from outside (see :mod:`edge_agent.crashes`):
+        then only its deadline ends it. Accepted
         requests whose deadline passed meanwhile are failed too. ``queued``
         requests are the router's (the outbox) and are left alone.
         """
@@ -610,16 +612,21 @@ class Journal:
         row: RequestRow,
         reason: str,
         retry: bool | Callable[[RequestRow], bool],
-        max_recoveries: int,
+        max_recoveries: int | None,
     ) -> None:
         wanted = retry(row) if callable(retry) else retry
         now = self._clock()
-        if wanted and row.recoveries < max_recoveries:
+        if wanted and (max_recoveries is None or row.recoveries < max_recoveries):
             status, why = "accepted", f"{reason}; resumed"
         else:
             status = "failed"
-            gave_up = wanted and row.recoveries >= max_recoveries
-            why = f"{reason}; gave up after {row.recoveries} restarts" if gave_up else reason
+            gave_up = wanted and max_recoveries is not None and row.recoveries >= max_recoveries
+            why = (
+                f"{reason}: the daemon itself crashed while running it; gave up after "
+                f"{row.recoveries} restarts"
+                if gave_up
+                else reason
+            )
         db.execute(
             "UPDATE requests SET status = ?, reason = ?, recoveries = recoveries + 1,"
             " latency_s = CASE WHEN ? = 'failed' THEN ? ELSE latency_s END, updated_at = ?"

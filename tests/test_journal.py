@@ -262,6 +262,21 @@ def test_recover_retries_at_most_max_times(journal: Journal) -> None:
     assert journal.recover(retry=True, max_recoveries=2) == []
     row = journal.get(rid)
     assert row.status == "failed" and "gave up after 2 restarts" in row.reason
+    assert "crashed while running it" in row.reason
+
+
+def test_after_outside_kills_a_safe_request_is_retried_every_time(journal: Journal) -> None:
+    """max_recoveries=None: the process was killed from outside (no crash
+    of its own), so a request no tool can have touched is run again however
+    many restarts it takes."""
+    rid = journal.accept(PAYLOAD, source="api").id
+    for n in range(1, 8):
+        journal.start(rid)
+        assert [r.id for r in journal.recover(retry=True, max_recoveries=None)] == [rid]
+        assert journal.get(rid).recoveries == n
+    journal.start(rid)
+    assert journal.recover(retry=False, max_recoveries=None) == []  # tools may have run
+    assert journal.get(rid).status == "failed"
 
 
 def test_recover_with_a_predicate(journal: Journal) -> None:

@@ -85,6 +85,27 @@ def test_kill_9_mid_request_then_restart_settles_everything(spawn: Any, tmp_path
     assert "resumed 3 unfinished request(s)" in again.log()
 
 
+def test_a_decision_survives_any_number_of_outside_kills(spawn: Any) -> None:
+    """kill -9 three times while the same request runs (a flaky power
+    supply): no tool can have run, so each restart runs it again, past the
+    two tries a request gets when the daemon crashed by itself."""
+    daemon = spawn(smol_config(), name="run-0")
+    body = chat_body(LONG, stream=True, max_tokens=256)  # seconds of decoding to cut into
+    with ExitStack() as stack:
+        stream = Stream(stack, daemon, body, key=f"flaky-power-{time.time_ns()}")
+        daemon.wait_rows(running)
+        daemon.stop(signal.SIGKILL)
+    for n in range(1, 4):
+        daemon = spawn(smol_config(), state_dir=daemon.state_dir, name=f"run-{n}")
+        if n < 3:
+            daemon.wait_rows(running)
+            daemon.stop(signal.SIGKILL)
+    (row,) = daemon.wait_rows(settled)
+    assert row["id"] == stream.request_id
+    assert row["status"] == "done" and row["recoveries"] == 3, row
+    assert "fatal signal" not in daemon.log()
+
+
 def test_kill_9_while_running_tools_fails_it_with_a_reason(spawn: Any) -> None:
     daemon = spawn(smol_config())
     body = chat_body(LONG, x_edge_agent_execute=True, x_edge_agent_tools=["calculate"])
