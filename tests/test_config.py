@@ -38,7 +38,7 @@ def test_defaults() -> None:
     assert config.model.max_tokens == 256
     assert config.agent == AgentSettings()
     assert config.agent.tool_choice == "auto"
-    assert config.agent.parallel_calls is True
+    assert config.agent.parallel_calls is False
     assert config.agent.repair_attempts == 1
     assert config.tools_dirs == []
 

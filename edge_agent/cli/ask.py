@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
         "--parallel",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="allow several calls in one answer (default: agent.parallel_calls, on)",
+        help="allow several calls in one answer (default: agent.parallel_calls, off)",
     )
     parser.add_argument("--no-exec", action="store_true", help="propose calls, don't run them")
     parser.add_argument(
