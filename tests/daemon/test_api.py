@@ -77,12 +77,11 @@ def test_invalid_json_is_400(api: httpx.Client) -> None:
     assert_error(response, 400, "invalid_json")
 
 
-@pytest.mark.parametrize("opener", [b"[", b'{"a":'])
-def test_deeply_nested_json_is_400_not_500(api: httpx.Client, opener: bytes) -> None:
-    """Past the JSON decoder's recursion limit the body is refused as a
-    client error, and the daemon keeps serving."""
-    closer = b"]" if opener == b"[" else b"}"
-    body = opener * 5000 + b"1" + closer * 5000
+def test_deeply_nested_json_is_400_not_500(api: httpx.Client) -> None:
+    """Past the JSON decoder's recursion limit (about 1,000 levels) the body
+    is refused as a client error, and the daemon keeps serving. 2,000 levels
+    stay under this daemon's 4 KiB body limit."""
+    body = b"[" * 2000 + b"1" + b"]" * 2000
     error = assert_error(api.post("/v1/chat/completions", content=body), 400, "invalid_json")
     assert "nested too deeply" in error["message"]
     assert api.get("/v1/models").status_code == 200
@@ -231,8 +230,15 @@ def test_streaming_tool_call_chunks(api: httpx.Client) -> None:
 
 
 def test_execute_runs_registry_tools_and_attaches_the_steps(api: httpx.Client) -> None:
-    choice = {"type": "function", "function": {"name": "calculate"}}
-    body = chat_body("What is 2 + 3?", x_edge_agent_tools=["calculate"], tool_choice=choice)
+    # read_sensor's arguments are enums, so even the 135M test model cannot
+    # write an invalid call (with calculate's free-text expression it once
+    # wrote a string that never closed): this test is about the API.
+    choice = {"type": "function", "function": {"name": "read_sensor"}}
+    body = chat_body(
+        "What is the temperature in the kitchen?",
+        x_edge_agent_tools=["read_sensor"],
+        tool_choice=choice,
+    )
     response = api.post("/v1/chat/completions", json=body, headers={"x-edge-agent-execute": "true"})
     assert response.status_code == 200, response.text
     out = response.json()
@@ -241,10 +247,10 @@ def test_execute_runs_registry_tools_and_attaches_the_steps(api: httpx.Client) -
     assert isinstance(message["content"], str)
     assert out["choices"][0]["finish_reason"] in ("stop", "length")
     steps = out["x_edge_agent"]["steps"]
-    assert steps, out
-    assert steps[0]["name"] == "calculate"
+    assert steps, json.dumps(out)[:3000]
+    assert steps[0]["name"] == "read_sensor"
     assert steps[0]["status"] in ("done", "failed")
-    assert "expression" in steps[0]["arguments"]
+    assert {"sensor", "room"} <= set(steps[0]["arguments"])
 
 
 def test_idempotency_key_returns_the_stored_answer(

