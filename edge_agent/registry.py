@@ -174,6 +174,24 @@ class Registry:
         return Registry(self.get(n) for n in names)
 
     @classmethod
+    def from_functions(cls, *funcs: Callable[..., Any]) -> Registry:
+        """A registry of ``@tool`` functions, for a program that embeds the
+        agent: its tools live in its own code, not in a tools folder. The
+        sandbox re-imports each from its source file, so they must be
+        defined at the top level of a module (a script's ``__main__`` guard
+        keeps the rest of the script from running there)."""
+        registry = cls()
+        for func in funcs:
+            policy = getattr(func, _MARK, None)
+            if not isinstance(policy, ToolPolicy):
+                name = getattr(func, "__name__", repr(func))
+                raise ToolDefinitionError(f"{name} is not marked with @tool")
+            source = inspect.getsourcefile(func)
+            path = Path(source).resolve() if source else None
+            registry.add(tool_from_function(func, policy, path, func.__name__))
+        return registry
+
+    @classmethod
     def from_dirs(cls, *dirs: Path, builtin: bool = True) -> Registry:
         """Load every ``*.py`` module (and ``*.json`` tools file) in the folders."""
         registry = cls()
