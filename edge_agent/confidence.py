@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -740,8 +740,8 @@ def example_from_routed(result: dict[str, Any]) -> tuple[list[float], int] | Non
     if not isinstance(features, dict) or not isinstance(attempts, list) or not attempts:
         return None
     slm = parse_output(str(attempts[-1].get("raw", "")))
-    mine = sorted(json.dumps(c.to_dict(), sort_keys=True) for c in slm.calls)
-    cloud = sorted(json.dumps(c, sort_keys=True) for c in offload.get("calls", []))
+    mine = _call_keys(c.to_dict() for c in slm.calls)
+    cloud = _call_keys(offload.get("calls", []))
     agree = (mine == cloud) if (mine or cloud) else not slm.errors
     return Features.from_json(features).vector(), int(agree)
 
@@ -766,14 +766,15 @@ def example_from_shadow(result: dict[str, Any]) -> tuple[list[float], int] | Non
     mine, theirs = (parse_output(str(a[-1].get("raw", ""))) for a in (answer, shadow))
     if theirs.errors or not shadow[-1].get("valid"):
         return None  # tier 1's own answer is no label when it did not verify
-    agree = _same_calls(mine.calls, theirs.calls) and not mine.errors
-    return Features.from_json(features).vector(), int(agree)
-
-
-def _same_calls(a: Sequence[Any], b: Sequence[Any]) -> bool:
-    return sorted(json.dumps(c.to_dict(), sort_keys=True) for c in a) == sorted(
-        json.dumps(c.to_dict(), sort_keys=True) for c in b
+    same = _call_keys(c.to_dict() for c in mine.calls) == _call_keys(
+        c.to_dict() for c in theirs.calls
     )
+    return Features.from_json(features).vector(), int(same and not mine.errors)
+
+
+def _call_keys(calls: Iterable[Any]) -> list[str]:
+    """Calls (as dicts) in a form that compares as a multiset."""
+    return sorted(json.dumps(c, sort_keys=True) for c in calls)
 
 
 # ---------------------------------------------------------------- calibration metrics

@@ -441,7 +441,7 @@ class _Run:
         # starts in the KV cache (None: every generated token so far was
         # evaluated alone).
         self._batched_from: int | None = None
-        if constraint.waiting is not None or constraint.either:
+        if constraint.waiting is not None or (constraint.either and engine.call_bias is not None):
             self._open_tag = self.shared.special_id("<tool_call>")
 
     def execute(self, prompt: list[int]) -> GuidedGeneration:
