@@ -25,6 +25,7 @@ from edge_agent.confidence import (
     call_value_spans,
     decision_mask,
     example_from_routed,
+    example_from_shadow,
     examples_from_bench,
     features_from_attempts,
     fit_logistic,
@@ -438,3 +439,25 @@ def test_calibration_on_a_real_qwen_run(qwen: Any, tmp_path: Path) -> None:
     p = OnnxConfidence(path).predict(np.asarray(rows))
     assert np.all((p > 0) & (p < 1))
     assert p[y == 1].mean() > p[y == 0].mean()
+
+
+def test_examples_from_shadow_checks_use_tier_1_as_teacher() -> None:
+    f = features_from_attempts([attempt(QWEN_TOKENS)]).to_json()
+    mine = '{"name": "set_light", "arguments": {"room": "kitchen", "on": true}}'
+    call = '{"name": "set_light", "arguments": {"on": true, "room": "kitchen"}}'
+    theirs = f"<tool_call>\n{call}\n</tool_call>"
+    stored: dict[str, Any] = {
+        "features": f,
+        "attempts": [
+            {"step": 0, "kind": "shadow", "raw": theirs, "valid": True},
+            {"step": 0, "kind": "initial", "raw": mine, "valid": True},
+        ],
+    }
+    assert example_from_shadow(stored) == (Features.from_json(f).vector(), 1)
+    other = theirs.replace("kitchen", "bedroom")
+    stored["attempts"][0] = {"step": 0, "kind": "shadow", "raw": other, "valid": True}
+    assert example_from_shadow(stored) == (Features.from_json(f).vector(), 0)
+    stored["attempts"][0]["valid"] = False  # tier 1 did not verify: no label
+    assert example_from_shadow(stored) is None
+    assert example_from_shadow({**stored, "attempts": stored["attempts"][1:]}) is None
+    assert example_from_shadow({**stored, "features": None}) is None
