@@ -30,10 +30,14 @@ owner's instruction from the config. A reading with any text in it marks
 the request untrusted, so the bridge asks the owner before any actuation.
 
 Home Assistant sees the agent (a connectivity ``binary_sensor`` with a
-retained last will) and every bridge device's sensors and actuator states,
-through retained MQTT discovery messages
-(``homeassistant/<component>/<node>/<object>/config``). Actuators are shown,
-not offered for control: commands go through the bridge's checks only.
+retained last will) and every bridge device's sensors and actuators, through
+retained MQTT discovery messages (:mod:`edge_agent.ha_discovery`). Each
+device's availability follows the device: ``online`` when it announces or
+is heard, ``offline`` after ``device_silence_s`` without a word. Lights,
+thermostats, locks, valves and switches can be driven from Home Assistant:
+their commands (:mod:`edge_agent.ha_commands`) go through the commander's
+checks (the bridge's ranges, rate limits, owner confirmation and audit),
+like a rule's command, with the source ``home-assistant``.
 """
 
 from __future__ import annotations
@@ -69,6 +73,11 @@ from edge_agent.automation_settings import (
     Threshold,
 )
 from edge_agent.errors import EdgeAgentError, ToolError
+from edge_agent.ha_commands import SOURCE as HA_SOURCE
+from edge_agent.ha_commands import HaCommand, HaCommands
+from edge_agent.ha_discovery import OFFLINE as HA_OFFLINE
+from edge_agent.ha_discovery import ONLINE as HA_ONLINE
+from edge_agent.ha_discovery import HaTopics, agent_discovery, device_discovery
 from edge_agent.jobs import JobOptions
 from edge_agent.offload.mqtt import OFFLINE, BrokerLink, publish_properties
 from edge_agent.offload.settings import BrokerSettings
@@ -98,7 +107,6 @@ __all__ = [
     "SerialPort",
     "Threshold",
     "build_messages",
-    "discovery_messages",
     "parse_payload",
 ]
 
@@ -562,6 +570,10 @@ class AutomationEngine:
         self._ticker: threading.Thread | None = None
         self.notifier = _Notifier(self._publish_notification, settings.notify_rate, clock,
                                   self.stats)  # fmt: skip
+        self.ha_topics = HaTopics(self.prefix, settings.node_id, settings.discovery_prefix)
+        self._ha = HaCommands(self.ha_topics, self._ha_actuate, stats=self.stats, clock=clock)
+        self._heard: dict[str, float] = {}  # device → when it was last heard (clock)
+        self._online: set[str] = set()  # devices whose availability says online
 
     # -- topics
 
@@ -572,14 +584,14 @@ class AutomationEngine:
 
     @property
     def status_topic(self) -> str:
-        return f"{self.prefix}/{self.settings.node_id}/automation/status"
+        return self.ha_topics.status
 
     @property
     def notify_topic(self) -> str:
         return f"{self.prefix}/{self.settings.node_id}/notify"
 
     def state_topic(self, device: str, entity: str) -> str:
-        return f"{self.prefix}/{self.settings.node_id}/devices/{device}/{entity}/state"
+        return self.ha_topics.state(device, entity)
 
     # -- lifecycle
 
@@ -589,6 +601,7 @@ class AutomationEngine:
         messages. Raises OffloadError when the broker cannot be reached."""
         self._fast.start()
         self._agent.start()
+        self._ha.start()
         if self._tick_s is not None:
             self._ticker = threading.Thread(target=self._tick_loop, name="automation-tick")
             self._ticker.daemon = True
@@ -613,6 +626,7 @@ class AutomationEngine:
         for lane in (self._fast, self._agent):
             self.stats[f"{lane.name}.dropped"] += lane.pending()
             lane.stop()
+        self._ha.stop()
 
     def __enter__(self) -> AutomationEngine:
         self.start()
@@ -622,10 +636,11 @@ class AutomationEngine:
         self.stop()
 
     def wait_idle(self, timeout_s: float) -> bool:
-        """Until both lanes are empty and idle (True) or the timeout passes."""
+        """Until the lanes and Home Assistant's commands are done (True) or
+        the timeout passes."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._fast.idle() and self._agent.idle():
+            if self._fast.idle() and self._agent.idle() and self._ha.idle():
                 return True
             time.sleep(0.01)
         return False
@@ -659,13 +674,19 @@ class AutomationEngine:
                     fired += self._due_triggers(rule, rule.when, now)
         for trigger in fired:
             self._dispatch(trigger)
+        self._mark_silent(now)
 
     def on_device_event(self, event: Any) -> None:
         """A :class:`firmware_bridge.bridge.DeviceEvent`: readings feed the
-        rules as ``<device>/<sensor>``; announcements publish discovery;
-        actuator states are published for Home Assistant. Subscribe it
-        (``bridge.subscribe(engine.on_device_event)``) before attaching the
-        bridge's links, so no announcement is missed."""
+        rules as ``<device>/<sensor>``; announcements publish discovery and
+        register the controllable entities; actuator states are published
+        for Home Assistant; anything heard from a device marks it online.
+        Subscribe it (``bridge.subscribe(engine.on_device_event)``) before
+        attaching the bridge's links, so no announcement is missed."""
+        if event.kind == "refused":
+            self._ha.forget(event.device)
+            self._set_online(event.device, False)
+            return
         if event.kind == "reading" and event.reading is not None:
             r = event.reading
             sensor = f"{r.device}/{r.sensor}"
@@ -674,7 +695,9 @@ class AutomationEngine:
         elif event.kind == "state" and event.actuator is not None:
             self._publish_state(event.device, event.actuator, event.state)
         elif event.kind == "announce" and event.announce is not None:
+            self._ha.register(event.device, event.announce)
             self._publish_discovery(event.device, event.announce)
+        self._heard_from(event.device)
 
     def notify_tool(self) -> Tool:
         """A ``notify(message)`` tool for the agent, rate-limited twice: by
@@ -698,9 +721,10 @@ class AutomationEngine:
 
     def metrics(self) -> dict[str, Any]:
         """Counters for ``/metrics``: readings, malformed by reason, firings,
-        debounced, and per lane queued/coalesced/dispatched/dropped."""
+        debounced, per lane queued/coalesced/dispatched/dropped, and Home
+        Assistant's commands (``ha.*``: taken, malformed by reason, by outcome)."""
         counters = ("queued", "coalesced", "dispatched", "dropped", "failed")
-        out: dict[str, Any] = {"readings": 0, "fired": 0, "debounced": 0}
+        out: dict[str, Any] = {"readings": 0, "fired": 0, "debounced": 0, "ha.commands": 0}
         for lane in (self._fast, self._agent):
             out |= {f"{lane.name}.{c}": 0 for c in counters}
             out[f"pending.{lane.name}"] = lane.pending()
@@ -769,6 +793,17 @@ class AutomationEngine:
             )
         self.stats[f"commands.{done.status}"] += 1
 
+    def _ha_actuate(self, command: HaCommand) -> None:
+        """A Home Assistant command, through the commander like a rule's: the
+        owner's own action (trusted), so only dangerous kinds ask the owner."""
+        if self.commander is None:
+            self.stats["ha.without_commander"] += 1
+            log.error("a Home Assistant command arrived, but no bridge is attached")
+            return
+        with self.commander.context(source=HA_SOURCE, reading=command.to_json(), untrusted=False):
+            done = self.commander.actuate(command.device, command.actuator, command.value)
+        self.stats[f"ha.{done.status}"] += 1
+
     def _run_agent(self, trigger: Trigger) -> None:
         if self.agent_submit is None:
             self.stats["agent_without_submit"] += 1
@@ -793,6 +828,10 @@ class AutomationEngine:
 
     def _connect(self, broker: BrokerSettings) -> None:
         topics = tuple(dict.fromkeys(s.topic for s in self.settings.sensors))
+        if self.settings.discovery:
+            topics += (self.ha_topics.availability_filter,)
+            if self.commander is not None:
+                topics += (self.ha_topics.command_filter,)
         self._link = BrokerLink(
             broker,
             client_id=f"{broker.topic_prefix.replace('/', '-')}-{self.settings.node_id}-automation",
@@ -802,10 +841,12 @@ class AutomationEngine:
         self._link.on_message = self._on_message
         self._link.connect()
         if self.settings.discovery:
-            for topic, payload in discovery_messages(self.settings, self.status_topic):
+            for topic, payload in agent_discovery(self.ha_topics):
                 self._publish(topic, payload, retain=True)
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        if self.settings.discovery and self._home_assistant(message):
+            return None
         if len(message.payload) > self.settings.max_payload_bytes:
             return self._malformed(message.topic, "oversized")
         for source in self.settings.sensors:
@@ -817,6 +858,49 @@ class AutomationEngine:
                     return self._malformed(message.topic, "replayed")
                 return self.feed(parsed)
         return None
+
+    def _home_assistant(self, message: mqtt.MQTTMessage) -> bool:
+        """Commands, and the availability this engine left retained before
+        a restart (those devices go offline if they stay silent). True when
+        the message was one of those."""
+        topic, payload = message.topic, bytes(message.payload)
+        if mqtt.topic_matches_sub(self.ha_topics.command_filter, topic):
+            self._ha.receive(topic, payload, retained=bool(message.retain))
+            return True
+        device = self.ha_topics.availability_target(topic)
+        if device is None:
+            return False
+        if message.retain and payload == HA_ONLINE.encode():
+            with self._lock:
+                self._heard.setdefault(device, self._clock())
+                self._online.add(device)
+        return True
+
+    def _heard_from(self, device: str) -> None:
+        with self._lock:
+            self._heard[device] = self._clock()
+        self._set_online(device, True)
+
+    def _mark_silent(self, now: float) -> None:
+        limit = self.settings.device_silence_s
+        with self._lock:
+            silent = [d for d in self._online if now - self._heard.get(d, now) > limit]
+        for device in silent:
+            log.info("device %s was silent for over %g s: offline in Home Assistant", device, limit)
+            self._set_online(device, False)
+
+    def _set_online(self, device: str, online: bool) -> None:
+        """Publish the device's availability when it changes (retained)."""
+        with self._lock:
+            if (device in self._online) == online:
+                return
+            if online:
+                self._online.add(device)
+            else:
+                self._online.discard(device)
+        if self.settings.discovery:
+            state = HA_ONLINE if online else HA_OFFLINE
+            self._publish(self.ha_topics.availability(device), state.encode(), retain=True)
 
     def _replayed(self, event: SensorEvent) -> bool:
         """A timestamped payload no newer than the last one from its sensor."""
@@ -856,7 +940,7 @@ class AutomationEngine:
     def _publish_discovery(self, device: str, announce: Any) -> None:
         if not self.settings.discovery:
             return
-        for topic, payload in device_discovery(self, device, announce):
+        for topic, payload in device_discovery(self.ha_topics, device, announce):
             self._publish(topic, payload, retain=True)
 
     def _tick_loop(self) -> None:
@@ -889,94 +973,6 @@ def _state_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-# ---------------------------------------------------------------- Home Assistant
-
-
-_DEVICE_CLASSES = {
-    "temperature": ("sensor", "temperature"),
-    "humidity": ("sensor", "humidity"),
-    "co2": ("sensor", "carbon_dioxide"),
-    "pressure": ("sensor", "pressure"),
-    "illuminance": ("sensor", "illuminance"),
-    "smoke": ("binary_sensor", "smoke"),
-    "motion": ("binary_sensor", "motion"),
-    "door": ("binary_sensor", "door"),
-    "water_leak": ("binary_sensor", "moisture"),
-}
-
-
-def _ha_device(settings: AutomationSettings, name: str, ident: str) -> dict[str, Any]:
-    return {"identifiers": [ident], "name": name, "manufacturer": "edge-agent",
-            "via_device": f"edge-agent-{settings.node_id}"}  # fmt: skip
-
-
-def discovery_messages(settings: AutomationSettings, status_topic: str) -> list[tuple[str, Any]]:
-    """The agent's own entity: a connectivity binary_sensor on its status topic
-    (retained ``online``, and ``offline`` by last will)."""
-    node = settings.node_id
-    config = {
-        "name": "edge-agent",
-        "unique_id": f"edge-agent-{node}-status",
-        "object_id": f"edge_agent_{node}_status",
-        "state_topic": status_topic,
-        "payload_on": "online",
-        "payload_off": "offline",
-        "device_class": "connectivity",
-        "device": {
-            "identifiers": [f"edge-agent-{node}"],
-            "name": f"edge-agent {node}",
-            "manufacturer": "edge-agent",
-            "model": "agent",
-        },
-    }
-    return [(f"{settings.discovery_prefix}/binary_sensor/{node}/status/config", config)]
-
-
-def device_discovery(engine: AutomationEngine, device: str, announce: Any) -> list[tuple[str, Any]]:
-    """Entities for a bridge device: its sensors, and its actuators' states
-    (read-only), available while the agent is online."""
-    settings = engine.settings
-    ha_device = _ha_device(settings, f"{device} ({announce.fw})", f"edge-agent-fw-{device}")
-    out: list[tuple[str, Any]] = []
-    for cap in announce.sensors:
-        component, device_class = _DEVICE_CLASSES.get(cap.type, ("sensor", None))
-        out.append(_entity(engine, device, cap.id, component, device_class, cap.unit, ha_device))
-    for cap in announce.actuators:
-        component = "binary_sensor" if cap.value == "bool" else "sensor"
-        device_class = "lock" if cap.kind == "lock" else None
-        out.append(_entity(engine, device, cap.id, component, device_class, cap.unit, ha_device))
-    return out
-
-
-def _entity(  # noqa: PLR0913 - one discovery record's fields
-    engine: AutomationEngine,
-    device: str,
-    entity: str,
-    component: str,
-    device_class: str | None,
-    unit: str | None,
-    ha_device: dict[str, Any],
-) -> tuple[str, Any]:
-    node = engine.settings.node_id
-    object_id = f"{device}_{entity}".replace("-", "_")
-    config: dict[str, Any] = {
-        "name": f"{device} {entity}",
-        "unique_id": f"edge-agent-{node}-{device}-{entity}",
-        "state_topic": engine.state_topic(device, entity),
-        "availability_topic": engine.status_topic,
-        "device": ha_device,
-    }
-    if component == "binary_sensor":
-        # Home Assistant's lock class: "on" means unlocked.
-        on, off = ("false", "true") if device_class == "lock" else ("true", "false")
-        config |= {"payload_on": on, "payload_off": off}
-    if device_class is not None:
-        config["device_class"] = device_class
-    if unit is not None and component == "sensor":
-        config["unit_of_measurement"] = {"C": "°C"}.get(unit, unit)
-    return f"{engine.settings.discovery_prefix}/{component}/{node}/{object_id}/config", config
 
 
 # ---------------------------------------------------------------- running the agent here

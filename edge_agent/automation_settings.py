@@ -194,6 +194,13 @@ class AutomationSettings(BaseModel):
     rules: list[Rule] = Field(default_factory=list, max_length=256)
     discovery: bool = Field(True, description="publish Home Assistant discovery messages")
     discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_\-]+$")
+    device_silence_s: float = Field(
+        90.0,
+        ge=1,
+        le=86400,
+        description="a device not heard from for this long is offline in Home Assistant "
+        "(devices announce themselves every 30 s)",
+    )
     max_payload_bytes: int = Field(4096, ge=64, le=1 << 20, description="larger payloads dropped")
     max_sensors: int = Field(256, ge=1, le=100_000, description="distinct sensors tracked")
     max_pending: int = Field(256, ge=1, le=100_000, description="waiting firings per lane")

@@ -156,10 +156,11 @@ class SensorReading:
 @dataclass(frozen=True)
 class DeviceEvent:
     """What listeners (:meth:`Bridge.subscribe`) hear: a device registered or
-    changed its capabilities (``announce``), was refused (``refused``), sent a
+    changed its capabilities (``announce``), announced itself unchanged
+    (``heartbeat``: it is still there), was refused (``refused``), sent a
     ``reading``, or an actuator's ``state`` changed after an ack."""
 
-    kind: Literal["announce", "refused", "reading", "state"]
+    kind: Literal["announce", "heartbeat", "refused", "reading", "state"]
     device: str
     announce: Announce | None = None
     reading: SensorReading | None = None
@@ -731,8 +732,8 @@ class Bridge:
             self._device_changed.notify_all()
         if body.host != self.boot:
             self._hello(link, frame.dev)
-        if changed:
-            self._emit(DeviceEvent("announce", frame.dev, announce=body))
+        kind: Literal["announce", "heartbeat"] = "announce" if changed else "heartbeat"
+        self._emit(DeviceEvent(kind, frame.dev, announce=body))
 
     def _refuse_device(self, device: str, problems: list[str]) -> None:
         self._count("devices_refused")

@@ -10,7 +10,9 @@ The broker reuses the offload fixtures' :class:`~tests.offload.conftest.Broker`
 * ``agent`` (the bridge, the automation engine, the confirmer) reads the
   devices' ``up``, writes their ``down``, reads ``home/sensors/#`` and owns
   ``edge-agent/hub/#`` and ``homeassistant/#``;
-* ``sensors`` publishes third-party readings; ``owner`` answers confirmations.
+* ``sensors`` publishes third-party readings; ``owner`` answers confirmations;
+* ``hass`` is Home Assistant: it reads discovery, states and availability
+  and writes only the command topics.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from tests.offload.conftest import pki as pki  # the session CA, as a fixture he
 
 NODE = "hub"
 DEVICE_USERS = ("sim1", "sim2", "bad1")
-OTHER_USERS = ("agent", "sensors", "owner")
+OTHER_USERS = ("agent", "sensors", "owner", "hass")
 
 
 def _iot_acl() -> str:
@@ -63,6 +65,11 @@ def _iot_acl() -> str:
             f"topic write {PREFIX}/+/confirm/reply",
             f"topic read {PREFIX}/{NODE}/#",
             "topic read homeassistant/#",
+            "",
+            "user hass",
+            "topic read homeassistant/#",
+            f"topic read {PREFIX}/{NODE}/#",
+            f"topic write {PREFIX}/{NODE}/devices/+/+/set",
             "",
         ]
     )

@@ -346,7 +346,9 @@ def test_home_assistant_discovery_and_availability(
         sim.serve_mqtt(iot_broker.settings("sim1"))
         assert bridge.wait_for_device("sim1", 10)
         sim.emit("temperature", 22.5)
-        seen = _collect(watcher, lambda s: s.get(engine.state_topic("sim1", "temperature")))
+        lock_config = f"homeassistant/lock/{NODE}/sim1_lock/config"
+        seen = _collect(watcher, lambda s: s.get(engine.state_topic("sim1", "temperature"))
+                        and s.get(lock_config))  # fmt: skip
         # Cut the agent's connection without a DISCONNECT: the broker publishes
         # the retained last will; paho reconnects and the link says online again.
         assert engine._link is not None
@@ -363,12 +365,13 @@ def test_home_assistant_discovery_and_availability(
     temperature = json.loads(seen[f"homeassistant/sensor/{NODE}/sim1_temperature/config"])
     assert temperature["device_class"] == "temperature"
     assert temperature["unit_of_measurement"] == "°C"
-    assert temperature["availability_topic"] == engine.status_topic
+    assert temperature["state_class"] == "measurement"
+    assert temperature["availability"][0]["topic"] == engine.status_topic
     smoke = json.loads(seen[f"homeassistant/binary_sensor/{NODE}/sim1_smoke/config"])
     assert smoke["device_class"] == "smoke"
-    lock = json.loads(seen[f"homeassistant/binary_sensor/{NODE}/sim1_lock/config"])
-    assert (lock["device_class"], lock["payload_on"]) == ("lock", "false")  # on = unlocked
-    assert "command_topic" not in lock  # shown, never commanded from outside the bridge
+    lock = json.loads(seen[f"homeassistant/lock/{NODE}/sim1_lock/config"])
+    assert lock["command_topic"] == f"{PREFIX}/{NODE}/devices/sim1/lock/set"
+    assert (lock["state_locked"], lock["state_unlocked"]) == ("true", "false")
     assert seen[engine.state_topic("sim1", "temperature")] == b"22.5"
     assert seen[engine.status_topic] == b"online"
     assert will[engine.status_topic] == b"offline" and back[engine.status_topic] == b"online"
