@@ -71,11 +71,14 @@ class GrammarOptions:
 class Grammar:
     """A tool grammar: ``text`` is the GBNF; ``lark`` the same rules for
     llguidance, without their start rule and tags (see :func:`lark_grammar`;
-    empty for a grammar not built from schemas)."""
+    empty for a grammar not built from schemas). ``value``: not tool calls
+    but one JSON value, a client's structured output (see
+    :func:`build_value_grammar`)."""
 
     text: str
     key: str
     lark: str = ""
+    value: bool = False
 
 
 def build_grammar(tools: Sequence[ToolSpec], options: GrammarOptions = GrammarOptions()) -> Grammar:
@@ -108,6 +111,19 @@ def _assemble(builder: _Builder, tools: tuple[ToolSpec, ...], options: GrammarOp
     return builder.render(calls, allow_text=options.allow_text)
 
 
+def build_value_grammar(schema: JSONSchema | None) -> Grammar:
+    """One JSON value valid against ``schema`` (any object when None): the
+    grammar of OpenAI's ``response_format``. llguidance compiles the schema
+    itself (``%json``); the GBNF, for the GBNF engine and as the fallback,
+    comes from the same builder as the tool grammars."""
+    node: JSONSchema = schema if schema is not None else {"type": "object"}
+    text = json.dumps(node, ensure_ascii=False, sort_keys=True)
+    builder = _Builder()
+    builder.path = "response_format:"
+    gbnf = builder.render(builder.schema(node, "value"), allow_text=False)
+    return Grammar(gbnf, "value-" + schema_hash([], text), "%json " + text, value=True)
+
+
 def lark_grammar(
     grammar: Grammar, special_tags: Collection[str] = (), *, calls_only: bool = False
 ) -> str:
@@ -122,6 +138,8 @@ def lark_grammar(
     """
     if not grammar.lark:
         raise UnsupportedSchemaError("this grammar was not built from schemas; it has no Lark form")
+    if grammar.value:
+        return f"%llguidance {{}}\n\nstart: {grammar.lark}"
     text = "\ntext-answer:" in grammar.lark and not calls_only
     start = "start: tool-calls | text-answer" if text else "start: tool-calls"
     opening = _lark_tagged(CALL_OPEN, special_tags)

@@ -25,7 +25,9 @@ class TokenScore:
     ``logprob`` is log p(token) under the model's own distribution before any
     grammar mask, so a token the grammar forced on an unwilling model shows up
     as a low value; ``top_logprob`` is the best token's log p, and
-    ``entropy`` (nats) the spread of that distribution.
+    ``entropy`` (nats) the spread of that distribution. ``top`` lists the
+    best tokens and their log p, best first, when a client asked for them
+    (OpenAI's ``top_logprobs``); it is empty otherwise.
     """
 
     token: int
@@ -33,6 +35,7 @@ class TokenScore:
     logprob: float
     top_logprob: float
     entropy: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ import numpy.typing as npt
 from edge_agent.calls import CALL_CLOSE, CALL_OPEN
 from edge_agent.engine.base import FinishReason, Generation, Timings, TokenScore
 from edge_agent.engine.prefix_cache import reuse_prefix, truncate
+from edge_agent.engine.text_stream import NO_TEXT_OPTIONS, TextOptions, TextStream
 from edge_agent.errors import EngineError, InputError, UnsupportedSchemaError
 from edge_agent.grammar import Grammar, lark_grammar
 
@@ -205,6 +206,7 @@ class GuidedLlamaEngine:
         score_forced: bool = False,
         tie_margin: float = TIE_MARGIN,
         call_bias: float | None = None,
+        text: TextOptions = NO_TEXT_OPTIONS,
     ) -> None:
         self._engine = engine
         self._llm: Any = engine.llama
@@ -213,12 +215,13 @@ class GuidedLlamaEngine:
         self.score_forced = score_forced
         self.tie_margin = tie_margin
         self.call_bias = call_bias
+        self.text = text
         self._n_vocab = int(self._llm.n_vocab())
         self._shared = _Shared(self._llm)
 
-    def with_options(self, **options: bool | float | None) -> GuidedLlamaEngine:
+    def with_options(self, **options: bool | float | TextOptions | None) -> GuidedLlamaEngine:
         """The same model, tokenizer and grammar cache, with other options."""
-        known = {"fast_forward", "lazy", "score_forced", "tie_margin", "call_bias"}
+        known = {"fast_forward", "lazy", "score_forced", "tie_margin", "call_bias", "text"}
         unknown = set(options) - known
         if unknown:
             raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
@@ -291,8 +294,10 @@ class GuidedLlamaEngine:
 
     def _constraint(self, grammar: Grammar | None) -> _Constraint:
         if grammar is None:
-            return _Constraint(None, None)
+            return _Constraint(None, None, plain=True)
         compiled = self._shared.compile(grammar)
+        if grammar.value:
+            return _Constraint(compiled.full.deep_copy(), None, plain=True)
         either = compiled.calls is not None  # text or a call may come first
         if self.lazy and compiled.calls is not None:
             return _Constraint(None, compiled.calls.deep_copy(), either)
@@ -393,6 +398,7 @@ class _Constraint:
     active: llguidance.LLMatcher | None
     waiting: llguidance.LLMatcher | None
     either: bool = False  # the grammar admits a text answer as well as calls
+    plain: bool = False  # no calls at all: free text, or a JSON value (response_format)
 
     def trigger(self) -> bool:
         if self.waiting is None:
@@ -441,6 +447,9 @@ class _Run:
         # starts in the KV cache (None: every generated token so far was
         # evaluated alone).
         self._batched_from: int | None = None
+        # The client's view of a text answer (stop strings, streaming); made
+        # once the first visible token shows the answer is text, not a call.
+        self.stream: TextStream | None = None
         if constraint.waiting is not None or (constraint.either and engine.call_bias is not None):
             self._open_tag = self.shared.special_id("<tool_call>")
 
@@ -453,7 +462,7 @@ class _Run:
         counters = dataclasses.asdict(self.n)
         counters["forced_at"] = tuple(counters["forced_at"])
         stats = DecodeStats(prompt_reused=reused, prompt_evaluated=len(prompt) - reused, **counters)
-        text = self.out.decode("utf-8", errors="replace")
+        text = self.stream.close() if self.stream else self.out.decode("utf-8", errors="replace")
         return GuidedGeneration(text, tuple(self.scores), len(prompt), finish, timings, stats=stats)
 
     def _loop(self, pending: list[int], start: float) -> tuple[float, FinishReason]:
@@ -477,6 +486,8 @@ class _Run:
                 return first_at, "stop"
             self._emit(token, self._score(logits, token))
             forced = self._advance(token)
+            if self._stopped_by_client(token, forced):
+                return first_at, "stop"
             if self.c.active is not None and self.c.active.is_stopped():
                 self._finish_forced(token, forced)
                 return first_at, "stop"
@@ -543,7 +554,44 @@ class _Run:
             logprob=float(shifted[token]) - log_z,
             top_logprob=-log_z,
             entropy=max(entropy, 0.0),
+            top=self._top(shifted, log_z),
         )
+
+    def _top(self, shifted: Logits, log_z: float) -> tuple[tuple[str, float], ...]:
+        """The ``top_logprobs`` best tokens, best first (empty unless asked)."""
+        k = min(self.e.text.top_logprobs, self.e._n_vocab)
+        if k <= 0:
+            return ()
+        best = np.argpartition(shifted, -k)[-k:]
+        best = best[np.argsort(shifted[best])[::-1]]
+        piece = self.shared.piece
+        return tuple(
+            (piece(int(t)).decode("utf-8", errors="replace"), float(shifted[t]) - log_z)
+            for t in best
+        )
+
+    def _stopped_by_client(self, token: int, forced: list[int]) -> bool:
+        """Hand a text answer's new text on; True when a stop string ended it.
+        Whether the answer is text is known at its first visible token: a
+        call opens with the tag or ``{ [ <`` or a backtick."""
+        options = self.e.text
+        if not options.streams:
+            return False
+        if self.stream is None:
+            if not self.out.strip() or not self._is_text_answer(token):
+                return False
+            self.stream = TextStream(options.stop, options.on_text)
+            return self.stream.feed(bytes(self.out).lstrip())
+        piece = b"".join(self.shared.piece(t) for t in (token, *forced))
+        return self.stream.feed(piece)
+
+    def _is_text_answer(self, first: int) -> bool:
+        if self.c.plain:
+            return True
+        if not self.c.either or first == self._open_tag:
+            return False
+        visible = bytes(self.out).lstrip().decode("utf-8", errors="replace")
+        return not visible.startswith(_CALL_STARTS)
 
     def _emit(self, token: int, score: TokenScore) -> None:
         self.tokens.append(token)
