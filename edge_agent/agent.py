@@ -21,6 +21,7 @@ small models like to repeat themselves.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import time
@@ -29,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge_agent.calls import ToolCall, parse_output
+from edge_agent.calls import ParsedOutput, ToolCall, parse_output
 from edge_agent.config import AgentSettings
 from edge_agent.engine.base import Engine
 from edge_agent.engine.prefix_cache import PrefixCache, WarmPrefix
@@ -53,6 +54,11 @@ from edge_agent.tool_select import select_tools
 from edge_agent.verify import Rule, Verdict, verify_output
 
 Confirm = Callable[[ToolCall, Tool], bool]
+
+ANSWER_FROM_RESULTS = (
+    "The tool results are in the conversation above. Answer the user's question from them "
+    "in one or two plain sentences. Do not call a tool and do not repeat the JSON."
+)
 
 
 class _Runner(Protocol):
@@ -133,6 +139,8 @@ class Agent:
         for step in range(self.settings.max_steps if can_run else 1):
             step_choice = choice if step == 0 else "auto"
             done = self._decide(messages, step_choice, constrained, step)
+            if step == 0 and step_choice == "auto" and _repeats_answered(done[-1], messages):
+                done += self._answer_in_text(messages, constrained)
             attempts += done
             calls = _verified(done[-1])
             if not can_run or not calls:
@@ -143,6 +151,17 @@ class Agent:
                 break
             messages = [*messages, _assistant(done[-1]), *(_result_message(e) for e in ran)]
         return Result(tuple(attempts), time.perf_counter() - start, executions=tuple(executions))
+
+    def _answer_in_text(self, messages: list[Message], constrained: bool) -> list[Attempt]:
+        """The request again, in words: the model proposed a call whose
+        result is already in the conversation (a client ran it and sent the
+        result back). Small models repeat the call they see; the answer the
+        client waits for is what the result says."""
+        extra = "\n\n".join(p for p in (self.settings.system_prompt, ANSWER_FROM_RESULTS) if p)
+        worded = copy.copy(self)
+        worded.settings = self.settings.model_copy(update={"system_prompt": extra})
+        again = worded._decide(messages, "none", constrained, 0)
+        return [replace(a, kind="repair") for a in again]
 
     def _needs_another_step(self, messages: Sequence[Message], ran: list[Execution]) -> bool:
         """Another model step only when the answer needs a result the model
@@ -307,7 +326,11 @@ class Agent:
             engine.chat_template, messages, specs, system=self.system(specs, allow_text)
         )
         generation = engine.generate(prompt, grammar=grammar, max_tokens=self.max_tokens)
-        parsed = parse_output(generation.text)
+        # With no tool offered, whatever the model writes is its answer, even
+        # JSON (an echo of a tool result): there is no call to recover.
+        parsed = (
+            parse_output(generation.text) if specs else ParsedOutput(text=generation.text.strip())
+        )
         verdicts: tuple[Verdict, ...]
         if parsed.is_call or parsed.errors:
             verdicts = tuple(verify_output(parsed, self._verifying(specs), self.rules))
@@ -370,6 +393,28 @@ def _verified(attempt: Attempt) -> list[ToolCall]:
     if not attempt.valid:
         return []
     return [v.call for v in attempt.verdicts if v.ok and v.call is not None]
+
+
+def _repeats_answered(attempt: Attempt, messages: Sequence[Message]) -> bool:
+    """Is every call of ``attempt`` one the conversation already holds,
+    with a tool result after it?"""
+    calls = _verified(attempt)
+    return bool(calls) and all(_key(c) in _answered(messages) for c in calls)
+
+
+def _answered(messages: Sequence[Message]) -> set[str]:
+    """The calls earlier assistant turns made that a tool message answered."""
+    answered: set[str] = set()
+    for i, message in enumerate(messages[:-1]):
+        if message.get("role") != "assistant" or messages[i + 1].get("role") != "tool":
+            continue
+        parsed = parse_output(str(message.get("content") or ""))
+        answered.update(_key(c) for c in parsed.calls)
+    return answered
+
+
+def _key(call: ToolCall) -> str:
+    return json.dumps(call.to_dict(), sort_keys=True, default=str)
 
 
 def _result_message(execution: Execution) -> Message:

@@ -17,11 +17,29 @@ Extensions, all optional and ignored by OpenAI clients:
 * Every completion carries ``x_edge_agent`` (request id, outcome, route,
   attempts) and the ``x-edge-agent-request-id`` header.
 
-Decoding is always greedy: ``temperature`` and the like are accepted and
-ignored; ``max_tokens`` is capped by the config's ``model.max_tokens``.
-A stream starts (with the role chunk) once the request is journaled; the
-answer follows in one piece when the model is done, with SSE keep-alive
-comments while it waits in the queue.
+What a client may ask of an answer:
+
+* ``stream``: the stream starts (with the role chunk) once the request is
+  journaled, with SSE keep-alive comments while it waits in the queue. A
+  text answer then streams as it is decoded, a few characters per chunk;
+  tool calls arrive only after they pass verification, as OpenAI's
+  incremental ``tool_calls`` deltas. Where the text might still be
+  replaced (a ladder or the cloud router may answer instead) it arrives in
+  one piece when the request is done.
+* ``logprobs`` / ``top_logprobs``: the text answer's tokens, scored by the
+  model itself before any grammar mask (null for tool calls).
+* ``response_format`` (``json_object`` or ``json_schema``): the answer is
+  decoded under the schema's grammar, so it is valid JSON for it by
+  construction (:mod:`edge_agent.structured`); not together with tools.
+* ``stop``: up to four strings that end a text answer (not a tool call).
+* Tool results (``role: tool``) are shown to the model with the name of the
+  call their ``tool_call_id`` answers; an unknown id is a 400.
+
+Decoding is always greedy: the fields in :data:`IGNORED_FIELDS`
+(``temperature`` and the like) are accepted and ignored, and any other
+field we do not implement is a 400 that names it. ``max_tokens`` is capped
+by the config's ``model.max_tokens``. ``GET /openapi.json`` describes all of
+this for client generators and fuzzers.
 
 Security: the API binds to 127.0.0.1 by default. A bearer token is required
 whenever one is configured, and the daemon refuses to bind anything but
@@ -35,11 +53,12 @@ import functools
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,11 +80,23 @@ from edge_agent.dashboard import DATA_PATH, PAGE_PATH
 from edge_agent.errors import BusyError, ConfigError, SchemaError
 from edge_agent.jobs import JobOptions
 from edge_agent.journal import request_payload
+from edge_agent.openapi import openapi_document
 from edge_agent.schema import ToolSpec, normalize_tools
+from edge_agent.structured import response_schema
+
+log = logging.getLogger(__name__)
 
 MIN_TOKEN_CHARS = 16
 MAX_IDEMPOTENCY_KEY = 255
-ROUTES = ("/v1/chat/completions", "/v1/models", "/healthz", "/metrics", PAGE_PATH, DATA_PATH)
+ROUTES = (
+    "/v1/chat/completions",
+    "/v1/models",
+    "/healthz",
+    "/openapi.json",
+    "/metrics",
+    PAGE_PATH,
+    DATA_PATH,
+)
 
 # ---------------------------------------------------------------- the token
 
@@ -178,50 +209,89 @@ def _busy_error(exc: BusyError) -> ApiError:
 # ---------------------------------------------------------------- the request
 
 
-class _Text(BaseModel):
-    model_config = ConfigDict(extra="allow")
+IGNORED_FIELDS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "safety_identifier",
+        "prompt_cache_key",
+    }
+)
+"""Accepted and ignored: decoding is greedy and unpenalised, so sampling
+settings cannot change an answer, and the rest is bookkeeping OpenAI keeps
+and we do not. Any other field we do not implement gets a 400 naming it."""
+
+MAX_STOP = 4
+MAX_TOP_LOGPROBS = 20
+
+
+class _Wire(BaseModel):
+    """An OpenAI request object: a field we do not read is refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class _Text(_Wire):
     type: Literal["text"]
     text: str
 
 
-class _FunctionIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _FunctionIn(_Wire):
     name: str
     arguments: str = "{}"
 
 
-class _CallIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _CallIn(_Wire):
     id: str | None = None
     type: Literal["function"] = "function"
     function: _FunctionIn
 
 
-class _MessageIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _MessageIn(_Wire):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_Text] | None = None
     tool_calls: list[_CallIn] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None  # a participant's name: accepted, not shown to the model
+    refusal: str | None = None  # an earlier assistant refusal: accepted, not shown
 
 
-class _FunctionName(BaseModel):
+class _FunctionName(_Wire):
     name: str
 
 
-class _NamedChoice(BaseModel):
+class _NamedChoice(_Wire):
     type: Literal["function"]
     function: _FunctionName
 
 
-class _StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _StreamOptions(_Wire):
     include_usage: bool = False
+    include_obfuscation: bool = False  # no side channel to pad here: ignored
 
 
-class ChatBody(BaseModel):
-    """The fields we read; other OpenAI fields are accepted and ignored."""
+class _JsonSchema(_Wire):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
 
-    model_config = ConfigDict(extra="allow")
+
+class _ResponseFormat(_Wire):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchema | None = None
+
+
+class ChatBody(_Wire):
+    """The OpenAI fields we implement, and :data:`IGNORED_FIELDS`."""
+
     model: str = Field(min_length=1)
     messages: list[_MessageIn] = Field(min_length=1)
     tools: list[Any] | None = None
@@ -232,6 +302,10 @@ class ChatBody(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     parallel_tool_calls: bool | None = None
     n: int = Field(1, ge=1, le=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: _ResponseFormat | None = None
+    stop: str | list[str] | None = None
     x_edge_agent_execute: bool = False
     x_edge_agent_tools: list[str] | None = None
 
@@ -244,6 +318,8 @@ class ChatRequest:
     model: str
     stream: bool
     include_usage: bool
+    logprobs: bool = False
+    named_choice: bool = False  # OpenAI's finish_reason is "stop" then, not "tool_calls"
 
 
 def parse_chat(body: object, live: Live, models: Sequence[str], *, execute: bool) -> ChatRequest:
@@ -251,11 +327,9 @@ def parse_chat(body: object, live: Live, models: Sequence[str], *, execute: bool
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_request")
     try:
-        chat = ChatBody.model_validate(body)
+        chat = ChatBody.model_validate({k: v for k, v in body.items() if k not in IGNORED_FIELDS})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        raise ApiError(400, f"{param}: {err['msg']}", code="invalid_request", param=param) from exc
+        raise _refused(exc) from exc
     if chat.model not in models:
         message = f"the model {chat.model!r} does not exist here; this daemon serves {models[0]!r}"
         raise ApiError(404, message, code="model_not_found", param="model")
@@ -270,7 +344,19 @@ def parse_chat(body: object, live: Live, models: Sequence[str], *, execute: bool
         model=chat.model,
         stream=chat.stream,
         include_usage=bool(chat.stream_options and chat.stream_options.include_usage),
+        logprobs=chat.logprobs,
+        named_choice=isinstance(chat.tool_choice, _NamedChoice),
     )
+
+
+def _refused(exc: ValidationError) -> ApiError:
+    """The first problem of a request, as a 400 that names its field."""
+    err = exc.errors()[0]
+    param = ".".join(str(p) for p in err["loc"]) or None
+    if err["type"] == "extra_forbidden":
+        message = f"unsupported field {param!r}: edge-agent does not implement it"
+        return ApiError(400, message, code="unsupported_parameter", param=param)
+    return ApiError(400, f"{param}: {err['msg']}", code="invalid_request", param=param)
 
 
 def _offered_tools(chat: ChatBody, live: Live, execute: bool) -> tuple[str, list[ToolSpec]]:
@@ -310,7 +396,44 @@ def _options(
         tool_source=source,
         tool_names=tuple(s.name for s in specs),
         parallel=chat.parallel_tool_calls,
+        stop=_stop(chat.stop),
+        logprobs=_logprobs(chat),
+        response_format=_response_format(chat, specs),
     ).to_json()
+
+
+def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
+    found = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if len(found) > MAX_STOP or not all(found):
+        raise _invalid(f"stop takes up to {MAX_STOP} non-empty strings", "stop")
+    return found
+
+
+def _logprobs(chat: ChatBody) -> int | None:
+    if chat.top_logprobs is not None and not chat.logprobs:
+        raise _invalid("top_logprobs needs logprobs: true", "top_logprobs")
+    return (chat.top_logprobs or 0) if chat.logprobs else None
+
+
+def _response_format(chat: ChatBody, specs: list[ToolSpec]) -> dict[str, Any] | None:
+    """``{"type": "json_object"}`` or ``{"type": "json_schema", "schema": ...}``
+    (a checked schema), or None for plain text."""
+    fmt = chat.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if specs:
+        message = "response_format is not supported together with tools; send one or the other"
+        raise ApiError(400, message, code="unsupported_parameter", param="response_format")
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    if fmt.json_schema is None:
+        raise _invalid("response_format json_schema needs a json_schema object", "response_format")
+    out = {"type": "json_schema", "name": fmt.json_schema.name, "schema": fmt.json_schema.schema_}
+    try:
+        response_schema(out)
+    except SchemaError as exc:
+        raise ApiError(400, exc.one_line(), code="invalid_schema", param="response_format") from exc
+    return out
 
 
 def _tool_choice(chat: ChatBody, live: Live, specs: list[ToolSpec]) -> str:
@@ -326,7 +449,11 @@ def _tool_choice(chat: ChatBody, live: Live, specs: list[ToolSpec]) -> str:
 
 
 def _conversation(messages: Sequence[_MessageIn]) -> list[dict[str, Any]]:
-    out = [_message(m, i) for i, m in enumerate(messages)]
+    calls: dict[str, str] = {}  # tool_call id -> the function it called
+    out = []
+    for i, m in enumerate(messages):
+        calls.update({c.id: c.function.name for c in m.tool_calls or [] if c.id})
+        out.append(_tool_message(m, i, calls) if m.role == "tool" else _message(m, i))
     last = out[-1]
     if last["role"] in ("user", "tool") and not last["content"].strip():
         raise ApiError(400, "the last message is empty", code="invalid_request", param="messages")
@@ -341,6 +468,25 @@ def _message(message: _MessageIn, index: int) -> dict[str, Any]:
         text = "\n".join([text, *calls]).strip()
     role = "system" if message.role == "developer" else message.role
     return {"role": role, "content": text}
+
+
+def _tool_message(message: _MessageIn, index: int, calls: Mapping[str, str]) -> dict[str, Any]:
+    """A tool's result as the agent itself feeds one back (its function's
+    name and the result), keeping ``tool_call_id`` for templates that read
+    it. An id that no earlier call carried is refused, as OpenAI does."""
+    text = _message(message, index)["content"]
+    call_id = message.tool_call_id
+    if call_id is None:
+        return {"role": "tool", "content": text}
+    if call_id not in calls:
+        param = f"messages.{index}.tool_call_id"
+        raise _invalid(f"no earlier assistant tool call has the id {call_id!r}", param)
+    try:
+        result: Any = json.loads(text)
+    except ValueError:
+        result = text
+    content = json.dumps({"name": calls[call_id], "result": result}, ensure_ascii=False)
+    return {"role": "tool", "content": content, "tool_call_id": call_id}
 
 
 def _rendered(call: _CallIn, index: int) -> str:
@@ -396,6 +542,8 @@ class _Meta:
     request_id: str
     created: int
     model: str
+    logprobs: bool = False  # the client asked for them
+    named: bool = False  # tool_choice named a function
 
     @property
     def id(self) -> str:
@@ -404,31 +552,35 @@ class _Meta:
 
 def completion(meta: _Meta, stored: Mapping[str, Any]) -> dict[str, Any]:
     """A stored answer as an OpenAI ``chat.completion``."""
-    message, finish = _assistant(meta.request_id, stored)
+    message, finish = _assistant(meta, stored)
+    choice = {"index": 0, "message": message, "logprobs": _logprobs_of(meta, stored)}
     return {
         "id": meta.id,
         "object": "chat.completion",
         "created": meta.created,
         "model": meta.model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "choices": [{**choice, "finish_reason": finish}],
         "usage": _usage(stored),
         "x_edge_agent": _extension(meta.request_id, stored),
     }
 
 
 def completion_chunks(
-    meta: _Meta, stored: Mapping[str, Any], *, include_usage: bool
+    meta: _Meta, stored: Mapping[str, Any], *, include_usage: bool, streamed: str = ""
 ) -> Iterator[dict[str, Any]]:
-    """The answer as ``chat.completion.chunk`` objects, after the role chunk."""
-    message, finish = _assistant(meta.request_id, stored)
+    """The answer as ``chat.completion.chunk`` objects, after the role chunk
+    and the ``streamed`` text already sent as it was decoded."""
+    message, finish = _assistant(meta, stored)
     for index, call in enumerate(message.get("tool_calls") or []):
         head = {**call, "index": index, "function": {**call["function"], "arguments": ""}}
         yield _chunk(meta, {"tool_calls": [head]})
         arguments = {"index": index, "function": {"arguments": call["function"]["arguments"]}}
         yield _chunk(meta, {"tool_calls": [arguments]})
-    if message.get("content"):
-        yield _chunk(meta, {"content": message["content"]})
+    rest = _unsent(str(message.get("content") or ""), streamed)
+    if rest:
+        yield _chunk(meta, {"content": rest})
     last = _chunk(meta, {}, finish)
+    last["choices"][0]["logprobs"] = _logprobs_of(meta, stored)
     last["x_edge_agent"] = _extension(meta.request_id, stored)
     yield last
     if include_usage:
@@ -445,15 +597,37 @@ def _chunk(meta: _Meta, delta: dict[str, Any], finish: str | None = None) -> dic
     }
 
 
-def _assistant(request_id: str, stored: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+def _unsent(content: str, streamed: str) -> str:
+    """What of the final content the client has not yet been sent. The
+    answer's text is the streamed text, trimmed; anything else would be a
+    bug, and resending the whole would show the client the text twice."""
+    sent = streamed.rstrip()
+    if content.startswith(sent):
+        return content[len(sent) :]
+    log.warning("a streamed answer differs from the one journaled; the client keeps the streamed")
+    return ""
+
+
+def _logprobs_of(meta: _Meta, stored: Mapping[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's ``logprobs`` object: the text answer's tokens, scored by the
+    model before any grammar mask (null for tool calls and for answers the
+    model did not decode here)."""
+    if not meta.logprobs or stored.get("logprobs") is None:
+        return None
+    return {"content": stored["logprobs"], "refusal": None}
+
+
+def _assistant(meta: _Meta, stored: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """(the assistant message, finish_reason). Executed calls are not handed
-    back as tool_calls: they ran already, and a client must not run them again."""
+    back as tool_calls: they ran already, and a client must not run them again.
+    A named ``tool_choice`` finishes with ``stop``, as OpenAI's does."""
     if stored.get("executed") and stored.get("executions"):
         return {"role": "assistant", "content": _final_text(stored)}, "stop"
     calls = stored.get("tool_calls") or []
     if calls:
-        tool_calls = [_tool_call(request_id, i, c) for i, c in enumerate(calls)]
-        return {"role": "assistant", "content": None, "tool_calls": tool_calls}, "tool_calls"
+        tool_calls = [_tool_call(meta.request_id, i, c) for i, c in enumerate(calls)]
+        finish = "stop" if meta.named else "tool_calls"
+        return {"role": "assistant", "content": None, "tool_calls": tool_calls}, finish
     finish = "length" if stored.get("finish_reason") == "length" else "stop"
     return {"role": "assistant", "content": str(stored.get("text") or "")}, finish
 
@@ -514,19 +688,56 @@ def _data(obj: object) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+class _Pieces:
+    """A text answer's pieces on their way from the worker thread to the
+    stream, then None once the request has settled."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+
+    def put(self, piece: str) -> None:  # called on the worker thread
+        self._loop.call_soon_threadsafe(self.queue.put_nowait, piece)
+
+    def settled(self, future: asyncio.Future[Settled]) -> None:
+        # After every piece: the worker scheduled them before it returned.
+        future.add_done_callback(lambda _: self.queue.put_nowait(None))
+
+
 async def _events(
-    meta: _Meta, future: asyncio.Future[Settled], *, include_usage: bool, keepalive_s: float
+    meta: _Meta,
+    future: asyncio.Future[Settled],
+    pieces: _Pieces,
+    *,
+    include_usage: bool,
+    keepalive_s: float,
 ) -> AsyncIterator[str]:
     yield _data(_chunk(meta, {"role": "assistant"}))
-    while not future.done():
-        await asyncio.wait({future}, timeout=keepalive_s)
-        if not future.done():
-            yield ": keep-alive\n\n"
+    streamed = ""
+    getter: asyncio.Task[str | None] | None = None
+    try:
+        while True:
+            getter = getter or asyncio.ensure_future(pieces.queue.get())
+            done, _ = await asyncio.wait({getter}, timeout=keepalive_s)
+            if not done:
+                yield ": keep-alive\n\n"
+                continue
+            piece, getter = getter.result(), None
+            if piece is None:
+                break
+            streamed += piece
+            yield _data(_chunk(meta, {"content": piece}))
+    finally:
+        if getter is not None:
+            getter.cancel()
     settled = future.result()
     if isinstance(settled, Failure):
         yield _data(_failure_error(settled).body)
     else:
-        for chunk in completion_chunks(meta, settled.result, include_usage=include_usage):
+        chunks = completion_chunks(
+            meta, settled.result, include_usage=include_usage, streamed=streamed
+        )
+        for chunk in chunks:
             yield _data(chunk)
     yield "data: [DONE]\n\n"
 
@@ -692,6 +903,9 @@ def create_app(daemon: Daemon) -> Starlette:
         data = [_model_card(m, started) for m in daemon.model_ids]
         return JSONResponse({"object": "list", "data": data})
 
+    async def schema(request: Request) -> Response:
+        return JSONResponse(openapi_document(ChatBody, IGNORED_FIELDS, daemon.model_ids))
+
     async def healthz(request: Request) -> Response:
         if daemon.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
@@ -707,6 +921,7 @@ def create_app(daemon: Daemon) -> Starlette:
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/openapi.json", schema, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
             *dashboard.routes(daemon),
         ],
@@ -727,19 +942,30 @@ async def _chat(daemon: Daemon, request: Request) -> Response:
     body = _json(await read_body(request, server.max_body_bytes))
     execute = _truthy(request.headers.get("x-edge-agent-execute"))
     chat = parse_chat(body, daemon.live, daemon.model_ids, execute=execute)
-    ticket = await daemon.submit(chat.payload, source="api", idempotency_key=_key(request))
-    meta = _Meta(ticket.request_id, int(time.time()), chat.model)
+    pieces = _Pieces()
+    ticket = await daemon.submit(
+        chat.payload,
+        source="api",
+        idempotency_key=_key(request),
+        on_text=pieces.put if chat.stream else None,
+    )
+    pieces.settled(ticket.future)
+    meta = _Meta(ticket.request_id, int(time.time()), chat.model, chat.logprobs, chat.named_choice)
     headers = {"x-edge-agent-request-id": ticket.request_id}
     if chat.stream:
         events = _events(
-            meta, ticket.future, include_usage=chat.include_usage, keepalive_s=server.keepalive_s
+            meta,
+            ticket.future,
+            pieces,
+            include_usage=chat.include_usage,
+            keepalive_s=server.keepalive_s,
         )
         headers["cache-control"] = "no-cache"
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
     settled = await asyncio.shield(ticket.future)  # a client gone does not cancel the answer
     if isinstance(settled, Failure):
         raise _failure_error(settled)
-    meta = _Meta(meta.request_id, int(settled.result.get("created", meta.created)), chat.model)
+    meta = replace(meta, created=int(settled.result.get("created", meta.created)))
     return JSONResponse(completion(meta, settled.result), headers=headers)
 
 

@@ -52,7 +52,8 @@ from edge_agent.assemble import Assembly
 from edge_agent.confidence import features_from_result
 from edge_agent.config import AgentSettings, state_dir
 from edge_agent.crashes import CrashTrace
-from edge_agent.engine.base import Engine
+from edge_agent.engine.base import Engine, Generation
+from edge_agent.engine.text_stream import OnText, TextOptions, cut_at_stop
 from edge_agent.errors import BusyError, ConfigError, EdgeAgentError, EngineError, InputError
 from edge_agent.jobs import (
     Answer,
@@ -74,6 +75,7 @@ from edge_agent.router import cascade_agent_settings
 from edge_agent.routing_host import RoutingHost
 from edge_agent.run import Result
 from edge_agent.schema import ToolSpec, normalize_tools
+from edge_agent.structured import answer_json
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -136,6 +138,7 @@ class Daemon:
         self._queue: asyncio.PriorityQueue[tuple[int, int, Job | None]] = asyncio.PriorityQueue()
         self._seq = itertools.count(1)
         self._waiters: dict[str, asyncio.Future[Settled]] = {}
+        self._readers: dict[str, OnText] = {}  # streamed answers' readers, by request id
         self._reserved = 0  # intakes between the capacity check and the queue
         self._running: Job | None = None
         self._mean_run_s = 1.0
@@ -174,10 +177,13 @@ class Daemon:
         *,
         source: Source = "api",
         idempotency_key: str | None = None,
+        on_text: OnText | None = None,
     ) -> Ticket:
         """Journal the request (durably), then queue it. Raises
         :class:`~edge_agent.errors.BusyError` when it does not fit; a seen
-        idempotency key returns the earlier one."""
+        idempotency key returns the earlier one. ``on_text`` receives a text
+        answer's text as it is decoded, from the worker thread, when that
+        text is sure to be the answer (see :meth:`_streams`)."""
         self._admit(source)
         priority = URGENT_PRIORITY if source in URGENT_SOURCES else NORMAL_PRIORITY
         deadline = time.time() + self.live.config.server.request_timeout_s
@@ -198,6 +204,8 @@ class Daemon:
         job = Job(
             accepted.id, dict(payload), source, priority, deadline, idempotency_key=idempotency_key
         )
+        if on_text is not None:
+            self._readers[job.request_id] = on_text
         return Ticket(job.request_id, False, self._enqueue(job))
 
     def _admit(self, source: str) -> None:
@@ -266,6 +274,7 @@ class Daemon:
                 await loop.run_in_executor(self._executor, self.prune_journal)
 
     def _settle(self, job: Job, settled: Settled, run_s: float, queue_s: float) -> None:
+        self._readers.pop(job.request_id, None)
         future = self._waiters.pop(job.request_id, None)
         if future is not None and not future.done():
             future.set_result(settled)
@@ -285,11 +294,14 @@ class Daemon:
             if job.deadline is not None and time.time() > job.deadline:
                 return self._fail(job, "expired", "deadline passed while it waited in the queue")
             self.journal.start(rid)
-            if self.routing is not None and not self._is_automation(job):
+            if self.routing is not None and self._routed(job):
                 return self._process_routed(job, self.live, self.routing)
             started, before = time.monotonic(), self._probe.sample()
             result = self._answer(job, self.live)
+            if job.options.response_format and not _structured_ok(result):
+                return self._fail(job, "failed", f"no valid JSON answer: {result.final.problem}")
             stored = stored_result(result, self.engine.model_name, job.options.execute)
+            stored.update(_client_extras(result, job.options))
             spent = EnergySample.between(before, self._probe.sample())
             stored["energy_j"], stored["energy_source"] = spent.joules, spent.source
             records = attempt_records(
@@ -307,6 +319,13 @@ class Daemon:
         except Exception as exc:  # a bug: keep serving, but say so loudly
             log.exception("request %s crashed the worker", rid)
             return self._fail(job, "crashed", f"internal error: {type(exc).__name__}: {exc}")
+
+    def _routed(self, job: Job) -> bool:
+        """Does the cascade answer this job? Structured output is decoded
+        here only: the cloud's JSON mode is not the grammar's guarantee."""
+        if self.routing is None or self._is_automation(job):
+            return False
+        return not job.options.response_format
 
     def _models(self) -> list[str]:
         upper = [t.engine.model_name for t in self.ladder.tiers] if self.ladder else []
@@ -386,6 +405,13 @@ class Daemon:
         if self.automation is not None and self.automation.handles(job):
             return self._answer_automation(job, live, self.automation)
         options = job.options
+        if options.response_format:
+            return answer_json(
+                self._engine_for(job),
+                job.payload["messages"],
+                options.response_format,
+                max_tokens=options.max_tokens or live.config.model.max_tokens,
+            )
         agent = self._agent(job, live)
         return agent.ask(
             job.payload["messages"],
@@ -399,7 +425,7 @@ class Daemon:
         options = job.options
         settings = _settings_for(options, live.config.agent)
         return Agent(
-            self.engine,
+            self.engine if routed else self._engine_for(job),
             _tools_for(job.payload, live.registry),
             cascade_agent_settings(settings) if routed else settings,
             max_tokens=options.max_tokens or live.config.model.max_tokens,
@@ -407,6 +433,28 @@ class Daemon:
             limiter=self._limiter,
             ladder=self.ladder,
         )
+
+    def _engine_for(self, job: Job) -> Engine:
+        """The engine with the client's text options (stop strings, a reader
+        of the streamed answer, top log-probabilities) where it takes them.
+        An engine that does not (the GBNF engine) answers in one piece; the
+        stop strings are then applied to its text afterwards."""
+        options = job.options
+        reader = self._readers.get(job.request_id) if self._streams(job) else None
+        text = TextOptions(options.stop, reader, options.logprobs or 0)
+        with_options = getattr(self.engine, "with_options", None)
+        if with_options is None or (text == TextOptions() and reader is None):
+            return self.engine
+        forced = options.logprobs is not None or bool(getattr(self.engine, "score_forced", False))
+        engine: Engine = with_options(text=text, score_forced=forced)
+        return engine
+
+    def _streams(self, job: Job) -> bool:
+        """Is the first text the engine decodes sure to be the answer? Not
+        when a ladder may replace it with a bigger model's, nor when the
+        router may send the request to the cloud: streamed text cannot be
+        taken back."""
+        return self.ladder is None and self.routing is None and not self._is_automation(job)
 
     # -- automation (see edge_agent.automation_host)
 
@@ -579,6 +627,42 @@ def stored_result(result: Result, model: str, executed: bool) -> dict[str, Any]:
         # the label's inputs: router calibrate --from-journal learns from them
         stored["features"] = features_from_result(result).to_json()
     return stored
+
+
+def _structured_ok(result: Result) -> bool:
+    """A structured answer is kept when valid, or cut short by max_tokens
+    (the client sees ``finish_reason: length``, as from OpenAI)."""
+    return result.final.valid or result.final.generation.finish_reason == "length"
+
+
+def _client_extras(result: Result, options: JobOptions) -> dict[str, Any]:
+    """What the client asked for besides the answer: the stop strings applied
+    (again: an engine without text options decodes past them) and the
+    answer's token log-probabilities."""
+    extras: dict[str, Any] = {}
+    if options.stop and result.text:
+        extras["text"] = extras["answer"] = cut_at_stop(result.text, options.stop)
+    if options.logprobs is not None and result.text:
+        extras["logprobs"] = token_logprobs(result.final.generation, options.logprobs)
+    return extras
+
+
+def token_logprobs(generation: Generation, top: int) -> list[dict[str, Any]]:
+    """OpenAI's ``logprobs.content`` for a generation: each token's log p
+    under the model's own distribution (before any grammar mask) and its
+    ``top`` best alternatives."""
+    return [
+        {
+            "token": t.text,
+            "logprob": round(t.logprob, 6),
+            "bytes": list(t.text.encode("utf-8")),
+            "top_logprobs": [
+                {"token": alt, "logprob": round(lp, 6), "bytes": list(alt.encode("utf-8"))}
+                for alt, lp in t.top[:top]
+            ],
+        }
+        for t in generation.tokens
+    ]
 
 
 def _event(job: Job, settled: Settled, run_s: float, queue_s: float) -> JobEvent:

@@ -42,7 +42,11 @@ class JobOptions:
     """How a job is to be answered: the ``options`` of its journaled payload,
     read once into named fields (they were read by string key all over the
     daemon). ``tool_source``: registry (run by name), inline (proposed
-    only) or none. ``automation`` is the rule's context for an IoT job."""
+    only) or none. ``automation`` is the rule's context for an IoT job.
+    ``stop``, ``logprobs`` (None: not asked; else how many alternatives per
+    token) and ``response_format`` (``{"type": "json_object"}``, or
+    ``{"type": "json_schema", "schema": ...}``) are the client's, from the
+    OpenAI request."""
 
     tool_choice: str | None = None
     execute: bool = False
@@ -53,6 +57,9 @@ class JobOptions:
     model: str | None = None
     priority: str | None = None  # a label ("automation"); the queue's order is the source's
     automation: Mapping[str, Any] = field(default_factory=dict)
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    response_format: Mapping[str, Any] | None = None
 
     @classmethod
     def from_json(cls, options: Mapping[str, Any] | None) -> JobOptions:
@@ -67,6 +74,9 @@ class JobOptions:
             model=o.get("model"),
             priority=None if o.get("priority") is None else str(o["priority"]),
             automation=dict(o.get("automation") or {}),
+            stop=tuple(str(s) for s in o.get("stop") or ()),
+            logprobs=None if o.get("logprobs") is None else int(o["logprobs"]),
+            response_format=dict(o["response_format"]) if o.get("response_format") else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -83,6 +93,12 @@ class JobOptions:
         out.update({k: v for k, v in extra.items() if v is not None})
         if self.automation:
             out["automation"] = dict(self.automation)
+        if self.stop:
+            out["stop"] = list(self.stop)
+        if self.logprobs is not None:
+            out["logprobs"] = self.logprobs
+        if self.response_format:
+            out["response_format"] = dict(self.response_format)
         return out
 
 

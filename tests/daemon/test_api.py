@@ -129,6 +129,87 @@ def test_invalid_tool_schema_is_400(api: httpx.Client, tool: dict) -> None:
     assert error["param"] == "tools"
 
 
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"frobnicate": True}, "frobnicate"),
+        ({"messages": [{"role": "user", "content": "hi", "audio": {"id": "a"}}]},
+         "messages.0.audio"),
+        ({"stream_options": {"include_usage": True, "chunk_size": 3}},
+         "stream_options.chunk_size"),
+    ],
+    ids=["logit_bias", "functions", "made-up", "in-a-message", "in-stream-options"],
+)  # fmt: skip
+def test_an_unsupported_field_is_a_400_that_names_it(
+    api: httpx.Client, extra: dict, param: str
+) -> None:
+    response = api.post("/v1/chat/completions", json={**chat_body(), **extra})
+    error = assert_error(response, 400, "unsupported_parameter")
+    assert error["param"] == param
+    assert repr(param) in error["message"]
+
+
+def test_sampling_fields_are_accepted_and_ignored(api: httpx.Client) -> None:
+    """Decoding is greedy: the same answer whatever the sampling settings."""
+    plain = chat_body("Say hello.", max_tokens=6)
+    sampled = {**plain, "temperature": 1.7, "top_p": 0.3, "seed": 7, "presence_penalty": 0.5,
+               "frequency_penalty": 0.2, "user": "someone", "metadata": {"k": "v"}}  # fmt: skip
+    first = api.post("/v1/chat/completions", json=plain)
+    second = api.post("/v1/chat/completions", json=sampled)
+    assert first.status_code == second.status_code == 200, second.text
+    content = [r.json()["choices"][0]["message"]["content"] for r in (first, second)]
+    assert content[0] == content[1]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "code"),
+    [
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_request"),
+        ({"stop": [""]}, "stop", "invalid_request"),
+        ({"top_logprobs": 3}, "top_logprobs", "invalid_request"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "invalid_request"),
+        ({"response_format": {"type": "json_schema"}}, "response_format", "invalid_request"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema":
+          {"type": "objekt"}}}}, "response_format", "invalid_schema"),
+        ({"response_format": {"type": "json_object"}, "tools": [SET_LIGHT]}, "response_format",
+         "unsupported_parameter"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type", "invalid_request"),
+    ],
+    ids=["five-stops", "empty-stop", "top-without-logprobs", "too-many-top", "schema-missing",
+         "schema-invalid", "format-with-tools", "unknown-format"],
+)  # fmt: skip
+def test_answer_options_are_checked(api: httpx.Client, extra: dict, param: str, code: str) -> None:
+    error = assert_error(api.post("/v1/chat/completions", json={**chat_body(), **extra}), 400, code)
+    assert error["param"] == param, error
+
+
+def test_a_tool_result_must_answer_an_earlier_call(api: httpx.Client) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "set_light", "arguments": '{"room": "kitchen", "on": true}'},
+    }
+    messages = [{"role": "user", "content": "Kitchen light on"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_2", "content": '{"ok": true}'}]  # fmt: skip
+    body = {**chat_body(tools=[SET_LIGHT]), "messages": messages}
+    error = assert_error(api.post("/v1/chat/completions", json=body), 400, "invalid_request")
+    assert error["param"] == "messages.2.tool_call_id"
+    assert "call_2" in error["message"]
+
+
+def test_the_openapi_document_describes_the_served_model(api: httpx.Client) -> None:
+    document = api.get("/openapi.json").json()
+    assert document["openapi"].startswith("3.1")
+    request = document["components"]["schemas"]["ChatRequest"]
+    assert request["properties"]["model"]["enum"] == [SMOL]
+    assert request["additionalProperties"] is False
+    assert "temperature" in request["properties"]  # accepted and ignored, so documented
+    assert set(document["paths"]) >= {"/v1/chat/completions", "/v1/models", "/healthz"}
+
+
 def test_unknown_model_is_404(api: httpx.Client) -> None:
     response = api.post("/v1/chat/completions", json={**chat_body(), "model": "gpt-4o"})
     error = assert_error(response, 404, "model_not_found")
@@ -169,7 +250,7 @@ def test_tool_call_in_the_standard_shape(api: httpx.Client) -> None:
     assert body["id"].startswith("chatcmpl-")
     assert response.headers["x-edge-agent-request-id"] == body["x_edge_agent"]["request_id"]
     (choice_out,) = body["choices"]
-    assert choice_out["finish_reason"] == "tool_calls"
+    assert choice_out["finish_reason"] == "stop"  # OpenAI's, for a named tool_choice
     message = choice_out["message"]
     assert message["role"] == "assistant"
     assert message["content"] is None
@@ -225,7 +306,7 @@ def test_streaming_tool_call_chunks(api: httpx.Client) -> None:
     assert name == "set_light"
     assert set(json.loads(arguments)) == {"room", "on"}
     finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
-    assert finishes[-1] == "tool_calls"
+    assert finishes[-1] == "stop"  # a named tool_choice, as OpenAI answers it
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
 
 
