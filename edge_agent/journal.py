@@ -7,8 +7,10 @@ after a crash (even ``kill -9``) finds what was left unanswered in
 Metrics (:meth:`Journal.stats`) and the LoRA traces export
 (``edge_agent.traces``) read the same rows.
 
-Tables (schema version 1, kept in ``PRAGMA user_version``; the file is marked
-with ``PRAGMA application_id`` so another program's database is refused)::
+Tables (schema version 2, kept in ``PRAGMA user_version``; the file is marked
+with ``PRAGMA application_id`` so another program's database is refused;
+version 2 added ``budget_ledger``, which older releases created outside the
+migrations, so a version-1 file that already has it keeps its rows)::
 
     requests   one row per accepted request
         id TEXT PK (uuid4 hex) · idempotency_key TEXT UNIQUE NULL · source TEXT
@@ -31,6 +33,10 @@ with ``PRAGMA application_id`` so another program's database is refused)::
     audit      security-relevant events (confirmations, sandbox refusals, recovery)
         id INTEGER PK · ts REAL · kind TEXT · request_id TEXT NULL (no FK: audit
         rows outlive pruned requests) · detail TEXT JSON
+    budget_ledger  cloud spend (``edge_agent.ledger.SqliteLedger``)
+        id INTEGER PK · at REAL (epoch s) · model TEXT · idempotency_key TEXT
+        · state TEXT CHECK (reserved/settled) · estimate REAL · amount REAL
+        · prompt_tokens INT · completion_tokens INT · settled_at REAL NULL
 
 Request status machine (anything else is refused with :class:`InputError`)::
 
@@ -169,6 +175,23 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             detail TEXT NOT NULL DEFAULT '{}'
         )""",
         "CREATE INDEX audit_ts ON audit (ts)",
+    ),
+    # 1 -> 2: budget_ledger. Before version 2, SqliteLedger created it on first
+    # use with exactly this definition, so IF NOT EXISTS keeps those rows.
+    (
+        """CREATE TABLE IF NOT EXISTS budget_ledger (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            model TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('reserved', 'settled')),
+            estimate REAL NOT NULL,
+            amount REAL NOT NULL,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            settled_at REAL
+        )""",
+        "CREATE INDEX IF NOT EXISTS budget_ledger_at ON budget_ledger (at)",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)

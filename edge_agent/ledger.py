@@ -12,7 +12,8 @@ a queued command is fsynced before the call returns, so neither a kill -9
 nor a power cut loses it. Writes are ``BEGIN IMMEDIATE`` transactions, so a
 check-and-reserve is atomic across threads and processes.
 
-Table ``budget_ledger``::
+Table ``budget_ledger`` (created by the journal's migrations, schema
+version 2; a file the journal has not upgraded yet is refused)::
 
     id INTEGER PK · at REAL (epoch s) · model TEXT · idempotency_key TEXT
     · state TEXT CHECK (reserved/settled) · estimate REAL · amount REAL
@@ -36,21 +37,7 @@ from typing import Any, Literal
 
 from edge_agent.budget import Admit, Charge, Spent, Windows
 from edge_agent.errors import InputError, JournalError
-from edge_agent.journal import APPLICATION_ID, BUSY_TIMEOUT_S
-
-_LEDGER_TABLE = """CREATE TABLE IF NOT EXISTS budget_ledger (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,
-    model TEXT NOT NULL,
-    idempotency_key TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('reserved', 'settled')),
-    estimate REAL NOT NULL,
-    amount REAL NOT NULL,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    settled_at REAL
-)"""
-_LEDGER_INDEX = "CREATE INDEX IF NOT EXISTS budget_ledger_at ON budget_ledger (at)"
+from edge_agent.journal import APPLICATION_ID, BUSY_TIMEOUT_S, SCHEMA_VERSION
 
 _OUTBOX_SELECT = (
     "SELECT id, request_id, transport, payload, state, attempts, next_try_at, last_error"
@@ -87,6 +74,14 @@ class _Store:
                 raise JournalError(
                     f"{self.path} is not an edge-agent journal",
                     hint="open the Journal on this file first",
+                )
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            if version != SCHEMA_VERSION:
+                # The journal owns the schema; writing to a file it has not
+                # migrated (or a newer one) would use tables that may not match.
+                raise JournalError(
+                    f"the journal {self.path} has schema version {version}, not {SCHEMA_VERSION}",
+                    hint="open the Journal on this file first; it upgrades the schema",
                 )
             self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             self._db.execute("PRAGMA foreign_keys = ON")
@@ -134,9 +129,6 @@ class SqliteLedger(_Store):
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(path)
         self._clock = clock
-        with self._write() as db:
-            db.execute(_LEDGER_TABLE)
-            db.execute(_LEDGER_INDEX)
 
     def reserve(self, charge: Charge, since: Windows, admit: Admit) -> int:
         with self._write() as db:
