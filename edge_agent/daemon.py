@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import uvicorn
 
@@ -70,7 +70,7 @@ from edge_agent.journal import Energy, Journal, RequestRow, Source, attempt_reco
 from edge_agent.ladder import Ladder
 from edge_agent.power import EnergySample, best_probe
 from edge_agent.ratelimit import RateLimiter
-from edge_agent.registry import Registry
+from edge_agent.registry import Registry, Tool
 from edge_agent.router import cascade_agent_settings
 from edge_agent.routing_host import RoutingHost
 from edge_agent.run import Result
@@ -429,10 +429,13 @@ class Daemon:
             _tools_for(job.payload, live.registry),
             cascade_agent_settings(settings) if routed else settings,
             max_tokens=options.max_tokens or live.config.model.max_tokens,
-            sandbox=self.sandbox if options.execute else None,
+            sandbox=self._acting(job, self.sandbox) if options.execute else None,
             limiter=self._limiter,
             ladder=self.ladder,
         )
+
+    def _acting(self, job: Job, runner: _Runner | None) -> _ActingRunner | None:
+        return None if runner is None else _ActingRunner(runner, self.journal, job.request_id)
 
     def _engine_for(self, job: Job) -> Engine:
         """The engine with the client's text options (stop strings, a reader
@@ -468,7 +471,7 @@ class Daemon:
             host.registry_for(options.tool_names, live.registry),
             _settings_for(options, live.config.agent),
             max_tokens=options.max_tokens or live.config.model.max_tokens,
-            sandbox=host.runner(self.sandbox),
+            sandbox=self._acting(job, host.runner(self.sandbox)),
             confirm=host.confirm,
             limiter=self._limiter,
             ladder=self.ladder,
@@ -699,9 +702,35 @@ def _settings_for(options: JobOptions, settings: AgentSettings) -> AgentSettings
 
 
 def _safe_to_retry(row: RequestRow) -> bool:
-    """A request cut off mid-way is run again only if it could not have run
-    tools: side effects must not happen twice."""
-    return not JobOptions.from_json(row.payload.get("options")).execute
+    """A request cut off mid-way is run again only if no tool that may
+    change something had started for it: side effects must not happen
+    twice. Reads may run again."""
+    return row.acted_at is None or not JobOptions.from_json(row.payload.get("options")).execute
+
+
+class _Runner(Protocol):
+    """What the agent runs tools with (a sandbox, or the bridge's runner)."""
+
+    def run(self, tool: Tool, arguments: dict[str, Any]) -> Any: ...
+
+
+class _ActingRunner:
+    """A job's runner: before the first tool that may change something
+    runs, the journal records that the job may have acted
+    (:meth:`Journal.acting`), so a restart runs again only a job that had
+    not. The mark is written before the tool starts, never after."""
+
+    def __init__(self, runner: _Runner, journal: Journal, request_id: str) -> None:
+        self.runner = runner
+        self.journal = journal
+        self.request_id = request_id
+        self._marked = False
+
+    def run(self, tool: Tool, arguments: dict[str, Any]) -> Any:
+        if not self._marked and tool.policy.side_effect != "read":
+            self.journal.acting(self.request_id)
+            self._marked = True
+        return self.runner.run(tool, arguments)
 
 
 def _needs_restart(old: EdgeAgentConfig, new: EdgeAgentConfig) -> Iterator[str]:

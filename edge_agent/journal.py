@@ -7,10 +7,11 @@ after a crash (even ``kill -9``) finds what was left unanswered in
 Metrics (:meth:`Journal.stats`) and the LoRA traces export
 (``edge_agent.traces``) read the same rows.
 
-Tables (schema version 2, kept in ``PRAGMA user_version``; the file is marked
+Tables (schema version 3, kept in ``PRAGMA user_version``; the file is marked
 with ``PRAGMA application_id`` so another program's database is refused;
 version 2 added ``budget_ledger``, which older releases created outside the
-migrations, so a version-1 file that already has it keeps its rows)::
+migrations, so a version-1 file that already has it keeps its rows; version
+3 added ``requests.acted_at``)::
 
     requests   one row per accepted request
         id TEXT PK (uuid4 hex) · idempotency_key TEXT UNIQUE NULL · source TEXT
@@ -19,6 +20,8 @@ migrations, so a version-1 file that already has it keeps its rows)::
         · status TEXT CHECK (accepted/running/queued/done/failed/declined)
         · reason TEXT · result TEXT JSON NULL · updated_at REAL
         · latency_s REAL NULL (intake → terminal status) · recoveries INT
+        · acted_at REAL NULL (when a tool that may change something first
+        started: a request cut off before then is safe to run again)
     attempts   one row per generation (local, repair, offload), PK (request_id, n)
         request_id FK → requests ON DELETE CASCADE · n INT (1 = first attempt)
         · kind · route · model · raw_output · valid INT (0/1) · problem · stage
@@ -193,6 +196,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX IF NOT EXISTS budget_ledger_at ON budget_ledger (at)",
     ),
+    # 2 -> 3: when a request's first tool with side effects started (NULL: none
+    # has), so a restart can tell a request safe to run again from one that
+    # may have acted.
+    ("ALTER TABLE requests ADD COLUMN acted_at REAL",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -230,6 +237,7 @@ class RequestRow:
     updated_at: float
     latency_s: float | None
     recoveries: int
+    acted_at: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -397,6 +405,17 @@ class Journal:
     def start(self, request_id: str) -> None:
         """accepted/queued → running."""
         self._move(request_id, "running", "")
+
+    def acting(self, request_id: str) -> None:
+        """A tool that may change something is about to run for this request.
+        Written durably (fsync) before the tool starts: a power cut must not
+        make a request that acted look safe to run again. Later calls keep
+        the first time."""
+        with self._write(durable=True) as db:
+            db.execute(
+                "UPDATE requests SET acted_at = COALESCE(acted_at, ?) WHERE id = ?",
+                (time.time(), request_id),
+            )
 
     def finish(
         self, request_id: str, result: Mapping[str, Any], *, latency_s: float | None = None
@@ -675,7 +694,7 @@ class Journal:
 
 _REQUEST_COLUMNS = (
     "id, idempotency_key, source, priority, received_at, deadline, payload, status,"
-    " reason, result, updated_at, latency_s, recoveries"
+    " reason, result, updated_at, latency_s, recoveries, acted_at"
 )
 _SELECT = f"SELECT {_REQUEST_COLUMNS} FROM requests"  # noqa: S608 - fixed names
 
@@ -695,6 +714,7 @@ def _request(row: sqlite3.Row) -> RequestRow:
         updated_at=row["updated_at"],
         latency_s=row["latency_s"],
         recoveries=row["recoveries"],
+        acted_at=row["acted_at"],
     )
 
 

@@ -289,6 +289,26 @@ def test_recover_with_a_predicate(journal: Journal) -> None:
     assert journal.get(risky).status == "failed"
 
 
+def test_an_executing_request_that_had_not_acted_runs_again(journal: Journal) -> None:
+    """The daemon's rule (``_safe_to_retry``): a request allowed to run tools
+    is run again after a kill unless a tool that may change something had
+    started for it, which ``acting`` records before the tool runs."""
+    from edge_agent.daemon import _safe_to_retry
+
+    executing = {**PAYLOAD, "options": {"execute": True}}
+    before, after = (journal.accept(executing, source="api").id for _ in range(2))
+    for rid in (before, after):
+        journal.start(rid)
+    journal.acting(after)
+    first = journal.get(after).acted_at
+    journal.acting(after)  # a second tool: the first time stays
+    assert journal.get(after).acted_at == first is not None
+    resumed = journal.recover(retry=_safe_to_retry, max_recoveries=None)
+    assert [r.id for r in resumed] == [before]
+    assert journal.get(before).acted_at is None
+    assert journal.get(after).status == "failed"
+
+
 def test_unfinished_is_most_urgent_first(db_path: Path) -> None:
     clock = Clock()
     with Journal(db_path, clock=clock) as j:

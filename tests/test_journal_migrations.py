@@ -9,6 +9,7 @@ row of every table.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ def version(path: Path) -> int:
 def test_schema_version_2_creates_budget_ledger(tmp_path: Path) -> None:
     path = tmp_path / "journal.db"
     Journal(path).close()
-    assert SCHEMA_VERSION == 2 and version(path) == SCHEMA_VERSION
+    assert SCHEMA_VERSION >= 2 and version(path) == SCHEMA_VERSION
     with sqlite3.connect(path) as db:
         names = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
     assert {"budget_ledger", "budget_ledger_at"} <= names
@@ -86,7 +87,7 @@ def test_a_version_1_file_with_a_ledger_upgrades_in_place_and_keeps_its_rows(
     with Journal(path) as journal:
         assert journal.get("r1").status == "done"
         assert journal.check() == "ok"
-    assert version(path) == 2
+    assert version(path) == SCHEMA_VERSION
     ledger = SqliteLedger(path, clock=lambda: NOW)
     try:
         rows = ledger.entries()
@@ -103,7 +104,7 @@ def test_a_version_1_file_without_a_ledger_gets_an_empty_one(tmp_path: Path) -> 
     path = tmp_path / "journal.db"
     make_version_1(path, with_ledger=False)
     Journal(path).close()
-    assert version(path) == 2
+    assert version(path) == SCHEMA_VERSION
     ledger = SqliteLedger(path)
     try:
         assert ledger.entries() == []
@@ -117,3 +118,20 @@ def test_the_ledger_refuses_a_file_the_journal_has_not_upgraded(tmp_path: Path) 
     with pytest.raises(JournalError, match="schema version 1"):
         SqliteLedger(path)
     assert version(path) == 1  # refused before any write
+
+
+def test_a_version_2_file_gains_acted_at_and_keeps_its_requests(tmp_path: Path) -> None:
+    """2 -> 3: ``acted_at`` is added empty, so every old request counts as not
+    having acted (the rule the daemon used before: by its options alone)."""
+    path = tmp_path / "journal.db"
+    with Journal(path) as journal:
+        rid = journal.accept({"messages": [{"role": "user", "content": "hi"}]}, source="api").id
+    with closing(sqlite3.connect(path)) as db:  # back to version 2, as an older release left it
+        db.execute("ALTER TABLE requests DROP COLUMN acted_at")
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+    with Journal(path) as journal:
+        assert journal.get(rid).acted_at is None
+        journal.acting(rid)
+        assert journal.get(rid).acted_at is not None
+    assert version(path) == SCHEMA_VERSION == 3
