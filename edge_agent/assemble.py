@@ -80,12 +80,20 @@ class Assembly:
     # -- tools
 
     def registry(self, *, dirs: Sequence[Path] = (), tools_file: Path | None = None) -> Registry:
-        """The built-in tools (when installed) and the config's and ``dirs``'
-        tool folders; or only the JSON definitions in ``tools_file``."""
+        """The built-in tools (when installed), the config's and ``dirs``'
+        tool folders and the ``[[mcp.servers]]``' tools; or only the JSON
+        definitions in ``tools_file``."""
         if tools_file is not None:
             return Registry(tools_from_json_file(tools_file))
         folders = [*self.config.tools_dirs, *dirs]
-        return Registry.from_dirs(*folders, builtin=BUILTIN_TOOLS_DIR.is_dir())
+        registry = Registry.from_dirs(*folders, builtin=BUILTIN_TOOLS_DIR.is_dir())
+        for server in self.config.mcp.servers:  # listed in the sandbox, like they run
+            from edge_agent.mcp_tools import mcp_tools
+
+            self._status(f"listing the tools of MCP server {server.name}…")
+            for item in mcp_tools(server, self.sandbox()):
+                registry.add(item)
+        return registry
 
     def sandbox(self) -> ProcessSandbox:
         """The process sandbox, with the state folder ``state=True`` tools

@@ -28,6 +28,7 @@ from edge_agent.budget import BudgetSettings
 from edge_agent.connectivity import ConnectivitySettings
 from edge_agent.engine.base import EngineKind
 from edge_agent.errors import ConfigError
+from edge_agent.mcp_settings import McpSettings
 from edge_agent.offload.settings import HttpsOffloadSettings, MqttOffloadSettings
 from edge_agent.registry import SideEffect
 
@@ -322,6 +323,9 @@ class EdgeAgentConfig(BaseSettings):
     )
     automation: AutomationSettings | None = Field(
         None, description="sensor topics, rules and firmware devices; None = no automation"
+    )
+    mcp: McpSettings = Field(
+        default_factory=lambda: McpSettings(), description="MCP servers to use, and edge-agent mcp"
     )
 
     @classmethod

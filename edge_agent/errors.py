@@ -23,7 +23,8 @@ conditions a program cannot carry on through.
     ├── ToolError                   tools and their execution
     │   ├── ToolNotFoundError
     │   ├── ToolDefinitionError     a tools file or @tool declaration is wrong
-    │   └── SandboxError            the sandbox could not run or contain a call
+    │   ├── SandboxError            the sandbox could not run or contain a call
+    │   └── McpError                an MCP server failed, closed or did not answer (retryable)
     ├── InputError                  a request we refuse (empty prompt, bad JSON)
     ├── BusyError                   the daemon's queue is full or it is stopping (retryable)
     ├── EngineError                 llama.cpp failed to load or decode
@@ -111,6 +112,15 @@ class ToolDefinitionError(ToolError):
 
 class SandboxError(ToolError):
     pass
+
+
+class McpError(ToolError):
+    """An MCP server (a tool source) could not be started, listed or called,
+    or closed the connection or let a deadline pass. A tool's own error
+    (the server's ``is_error`` result) is a tool failure, not this."""
+
+    retryable = True
+    default_hint = "check the [[mcp.servers]] entry and run the server's command by hand"
 
 
 class InputError(EdgeAgentError):

@@ -45,7 +45,12 @@ BUILTIN_TOOLS_DIR = data_path("tools")
 
 @dataclass(frozen=True)
 class ToolPolicy:
-    """What a tool may do and how carefully it must be run."""
+    """What a tool may do and how carefully it must be run.
+
+    ``state``: True keeps one folder per module between calls; a string
+    names that folder instead (an MCP server's, shared by its tools).
+    ``read``: paths outside the sandbox's defaults the call may read, e.g.
+    the program of an MCP server it starts."""
 
     description: str = ""
     side_effect: SideEffect = "read"
@@ -55,9 +60,10 @@ class ToolPolicy:
     rate_limit: str | None = None
     tags: tuple[str, ...] = ()
     trusted: bool = False
-    state: bool = False
+    state: bool | str = False
     name: str | None = None
     say: Say | None = field(default=None, compare=False)
+    read: tuple[str, ...] = ()
 
     def rate_per_second(self) -> tuple[int, float] | None:
         """``"6/min"`` as ``(6, 60.0)``: at most 6 calls in any 60 s window."""
@@ -333,8 +339,9 @@ def _tool_from_definition(definition: Any, path: Path, index: int) -> Tool:
     impl = definition.get("implementation") if isinstance(definition, dict) else None
     policy_keys = set(ToolPolicy.__dataclass_fields__) - {"name", "description"}
     options = {k: v for k, v in definition.items() if k in policy_keys}
-    if "tags" in options:
-        options["tags"] = tuple(options["tags"])
+    for key in ("tags", "read"):
+        if key in options:
+            options[key] = tuple(options[key])
     try:
         policy = ToolPolicy(description=spec.description, **options)
     except TypeError as exc:

@@ -148,7 +148,7 @@ class ProcessSandbox:
         return SandboxResult(**{**result, "duration_s": duration, "layers": plan.layers})
 
     def _state_dir(self, tool: Tool) -> Path | None:
-        """The persistent folder of a ``state=True`` tool (one per module)."""
+        """The persistent folder of a ``state`` tool: one per module, or the named one."""
         if not tool.policy.state:
             return None
         if self.state_root is None:
@@ -156,7 +156,12 @@ class ProcessSandbox:
                 f"tool {tool.name!r} keeps state, but no state folder is configured",
                 hint="pass state_root to ProcessSandbox (the daemon uses its state dir)",
             )
-        folder = self.state_root / Path(str(tool.module_file)).stem
+        name = tool.policy.state
+        if not isinstance(name, str):
+            name = Path(str(tool.module_file)).stem
+        elif Path(name).name != name or name in ("", ".", ".."):
+            raise SandboxError(f"tool {tool.name!r}: state folder {name!r} is not a plain name")
+        folder = self.state_root / name
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         return folder
 
@@ -355,6 +360,7 @@ class _Call:
         paths += python_paths() + import_paths(landlocked=True)
         if self.tool.module_file is not None:  # its folder: tools load sibling helpers
             paths.append(Path(self.tool.module_file).resolve().parent)
+        paths += [Path(p) for p in self.tool.policy.read]
         if self.tool.policy.network:
             paths.append(Path("/run/systemd/resolve"))
         return [p for p in dict.fromkeys(paths) if present(p)]
