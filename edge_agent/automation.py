@@ -292,7 +292,7 @@ def _refuse(name: str) -> Any:
 def _scalar(raw: Any) -> Value | None:
     if isinstance(raw, bool):
         return raw
-    if isinstance(raw, int | float) and math.isfinite(raw) and abs(raw) < 1e15:
+    if isinstance(raw, int | float) and _finite(raw) and abs(raw) < 1e15:
         return raw
     if isinstance(raw, str) and 0 < len(raw) <= MAX_TEXT:
         return _number_or_text(raw)
@@ -310,12 +310,22 @@ def _number_or_text(raw: str) -> Value:
 def _stale(ts: Any, now: float, max_age_s: float) -> str:
     if ts is None:
         return ""
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not _finite(ts):
         return "wrong_type"
     seconds = _seconds(ts)
     if now - seconds > max_age_s:
         return "expired"
     return "bad_time" if seconds - now > 60 else ""
+
+
+def _finite(number: float) -> bool:
+    """``math.isfinite``, except that an int too large for a float (JSON allows
+    any size: ``1`` followed by 400 zeros) is not finite rather than an
+    OverflowError out of the MQTT callback."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def _seconds(ts: float) -> float:

@@ -613,7 +613,10 @@ def _opt_num(f: Mapping[str, Any], key: str) -> float | None:
     value = f[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Reject("wrong_type", f"{key} must be a number")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # JSON allows an int of any size; a float does not
+        raise _Reject("bad_value", f"{key} is too large for a number") from None
 
 
 def _int(f: Mapping[str, Any], key: str, *, lo: int, hi: int = 2**53) -> int:
