@@ -76,6 +76,29 @@ def system_for(
     return system_text(settings.system_prompt, may_decline=may_decline)
 
 
+def run_verified(  # noqa: PLR0913 - the parts of one execution, keyword step
+    call: ToolCall,
+    tool: Tool,
+    runner: _Runner,
+    confirm: Confirm | None,
+    limiter: RateLimiter,
+    *,
+    step: int = 0,
+) -> Execution:
+    """Run one verified call: the owner's confirmation when the tool needs
+    it, the rate limit's record, then the sandbox. The one execution path of
+    the model's calls and of calls that arrive made (``edge-agent mcp``)."""
+    if tool.policy.requires_confirmation and not (confirm is not None and confirm(call, tool)):
+        reason = f"{call.name} needs confirmation and was not confirmed"
+        text = said(tool, call, status="unconfirmed")
+        return Execution(step, call, "unconfirmed", reason=reason, said=text)
+    limiter.record(tool)
+    result = runner.run(tool, call.arguments)
+    status: ExecStatus = "done" if result.ok else "failed"
+    text = said(tool, call, status=status, value=result.value, error=result.error or "")
+    return Execution(step, call, status, result, said=text)
+
+
 class Agent:
     """Turns a request into verified tool calls with a local model, and runs
     them in a sandbox when one is given."""
@@ -235,16 +258,10 @@ class Agent:
                 continue  # a repeat of an executed call: stop, don't run it twice
             seen.add(self._call_key(call))
             tool = self.tools.get(call.name)
-            if tool.policy.requires_confirmation and not self._confirmed(call, tool):
-                reason = f"{call.name} needs confirmation and was not confirmed"
-                text = said(tool, call, status="unconfirmed")
-                ran.append(Execution(step, call, "unconfirmed", reason=reason, said=text))
+            done = run_verified(call, tool, self.sandbox, self.confirm, self.limiter, step=step)
+            ran.append(done)
+            if done.status == "unconfirmed":
                 break
-            self.limiter.record(tool)
-            result = self.sandbox.run(tool, call.arguments)
-            status: ExecStatus = "done" if result.ok else "failed"
-            text = said(tool, call, status=status, value=result.value, error=result.error or "")
-            ran.append(Execution(step, call, status, result, said=text))
         return ran
 
     def _call_key(self, call: ToolCall) -> str:
@@ -256,9 +273,6 @@ class Agent:
         if model is not None:
             args = model.model_dump(mode="json")
         return json.dumps([call.name, args], sort_keys=True, default=str)
-
-    def _confirmed(self, call: ToolCall, tool: Tool) -> bool:
-        return self.confirm is not None and bool(self.confirm(call, tool))
 
     def _offered(self, choice: str, messages: Sequence[Message]) -> list[ToolSpec]:
         stable = self._stable_tools(choice)

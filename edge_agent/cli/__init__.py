@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "edge_agent.cli.config",
     "edge_agent.cli.service",
     "edge_agent.cli.device",
+    "edge_agent.cli.mcp",
 )
 
 EXIT_ERROR = 1
