@@ -367,6 +367,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> EdgeAgentConfig:
         raise ConfigError(describe_problem(exc, path)) from exc
     except ValueError as exc:  # TOML syntax errors
         raise ConfigError(f"{path}: {exc}") from exc
+    except RecursionError as exc:  # tomllib recurses once per nested array or table
+        raise ConfigError(f"{path}: values nested too deeply to read") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, PydanticUserError, ValidationError, create_model
+from pydantic_core import SchemaError as CoreSchemaError
 
 from edge_agent.errors import SchemaError, ToolDefinitionError, ToolNotFoundError
 from edge_agent.resources import data_path
@@ -289,7 +290,10 @@ def args_model_for(func: Callable[..., Any], name: str) -> type[BaseModel]:
         fields[param.name] = (hints[param.name], default)
     # strict: the model's JSON must already have the right types ("40" is not 40).
     config = ConfigDict(extra="forbid", strict=True)
-    return create_model(f"{name}_args", __config__=config, **fields)
+    try:
+        return create_model(f"{name}_args", __config__=config, **fields)
+    except (PydanticUserError, CoreSchemaError) as exc:  # a type or a pattern it cannot use
+        raise ToolDefinitionError(f"tool {name!r}: {exc}") from exc
 
 
 def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
@@ -341,7 +345,12 @@ def _tool_from_definition(definition: Any, path: Path, index: int) -> Tool:
     options = {k: v for k, v in definition.items() if k in policy_keys}
     for key in ("tags", "read"):
         if key in options:
-            options[key] = tuple(options[key])
+            value = options[key]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ToolDefinitionError(
+                    f"{path}: tool {spec.name!r}: {key} must be a list of strings"
+                )
+            options[key] = tuple(value)
     try:
         policy = ToolPolicy(description=spec.description, **options)
     except TypeError as exc:
