@@ -16,6 +16,7 @@ returns the same object. Upper ladder tiers load on first climb.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 import psutil
 
 from edge_agent.config import EdgeAgentConfig, TierSettings, load_config, state_dir
-from edge_agent.errors import EngineError, ModelError
+from edge_agent.errors import EngineError, McpError, ModelError
 from edge_agent.ladder import Ladder, Tier, sampler
 from edge_agent.registry import BUILTIN_TOOLS_DIR, Registry, tools_from_json_file
 
@@ -35,11 +36,14 @@ if TYPE_CHECKING:
     from edge_agent.engine.base import Engine
     from edge_agent.engine.prefix_cache import WarmPrefix
     from edge_agent.journal import Journal
+    from edge_agent.mcp_settings import McpServerSettings
     from edge_agent.offload.base import OffloadTransport
     from edge_agent.ratelimit import RateLimiter
     from edge_agent.router import Cloud, Router, Store
     from edge_agent.run import Attempt
     from edge_agent.sandbox.process import ProcessSandbox
+
+log = logging.getLogger(__name__)
 
 EngineLoader = Callable[..., "Engine"]
 Status = Callable[[str], None]
@@ -88,12 +92,23 @@ class Assembly:
         folders = [*self.config.tools_dirs, *dirs]
         registry = Registry.from_dirs(*folders, builtin=BUILTIN_TOOLS_DIR.is_dir())
         for server in self.config.mcp.servers:  # listed in the sandbox, like they run
-            from edge_agent.mcp_tools import mcp_tools
-
-            self._status(f"listing the tools of MCP server {server.name}…")
-            for item in mcp_tools(server, self.sandbox()):
-                registry.add(item)
+            self._add_mcp_tools(registry, server)
         return registry
+
+    def _add_mcp_tools(self, registry: Registry, server: McpServerSettings) -> None:
+        """A server that cannot be listed is left out with a warning: one
+        unreachable MCP server must not keep the device's own tools (or the
+        daemon) from starting. SIGHUP lists it again."""
+        from edge_agent.mcp_tools import mcp_tools
+
+        self._status(f"listing the tools of MCP server {server.name}…")
+        try:
+            tools = mcp_tools(server, self.sandbox())
+        except McpError as exc:
+            log.warning("%s; its tools are left out until the next reload", exc.one_line())
+            return
+        for item in tools:
+            registry.add(item)
 
     def sandbox(self) -> ProcessSandbox:
         """The process sandbox, with the state folder ``state=True`` tools

@@ -6,6 +6,7 @@ clear error within the tool's timeout."""
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -149,3 +150,21 @@ def test_a_server_that_cannot_start_is_a_typed_one_line_error(sandbox: ProcessSa
         mcp_tools(broken, sandbox)
     assert "MCP server 'broken'" in caught.value.one_line()
     assert "\n" not in caught.value.one_line()
+
+
+def test_an_unreachable_server_is_left_out_and_the_rest_starts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One MCP server down must not keep the device's own tools, or the
+    daemon, from starting: its tools are left out, with a warning."""
+    from edge_agent.assemble import Assembly
+    from edge_agent.config import EdgeAgentConfig
+
+    missing = str(FILE_SERVER.with_name("missing_server.py"))
+    broken = {"name": "broken", "command": sys.executable, "args": [missing], "timeout_s": 10}
+    config = EdgeAgentConfig.model_validate({"mcp": {"servers": [broken]}})
+    with caplog.at_level("WARNING", logger="edge_agent.assemble"):
+        registry = Assembly(config).registry()
+    assert "calculate" in registry  # the built-in tools are there
+    assert not any(s.name.startswith("broken") for s in registry.specs())
+    assert "MCP server 'broken'" in caplog.text
