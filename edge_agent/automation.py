@@ -274,7 +274,7 @@ def _from_object(
     top = source.field.split(".")[0]
     extra = {k: v for k, v in data.items() if k not in (top, "ts") and _scalar(v) is not None}
     extra = dict(list(extra.items())[:MAX_EXTRA_FIELDS])
-    ts = _seconds(data["ts"]) if "ts" in data else None
+    ts = _seconds(data["ts"]) if data.get("ts") is not None else None  # null: no time
     return SensorEvent(sensor, value, source.unit, "mqtt", now, _clip(extra), ts)
 
 

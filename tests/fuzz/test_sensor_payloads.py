@@ -69,6 +69,8 @@ def test_sensor_payloads(door: Door) -> None:
     @example(payload=b"1" + b"0" * 400, source=SOURCES[2])
     @example(payload=b'{"temperature": 1' + b"0" * 400 + b"}", source=SOURCES[0])
     @example(payload=b'{"temperature": 20, "ts": 1' + b"0" * 400 + b"}", source=SOURCES[0])
+    # ... and a null ts (taken as no time) raised TypeError (found at 10,000).
+    @example(payload=b'{"temperature": 20, "ts": null}', source=SOURCES[0])
     def one(payload: bytes, source: SensorTopic) -> None:
         result = door.run(lambda: parse_payload(source, "home/sensors/x", payload, NOW))
         assert isinstance(result, SensorEvent | str)
