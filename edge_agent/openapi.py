@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 JSON = "application/json"
+SSE = "text/event-stream"
 _REF = "#/components/schemas/{model}"
 
 _ERROR = {
@@ -95,6 +96,19 @@ _COMPLETION = {
     },
 }
 
+# One server-sent event (OpenAPI 3.1: a text/event-stream schema describes
+# each event): ``data`` is a chat.completion.chunk, an error object, or [DONE].
+_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
 _MODELS = {
     "type": "object",
     "required": ["object", "data"],
@@ -160,7 +174,7 @@ def _chat_operation() -> dict[str, Any]:
         "description": "the answer (a JSON completion, or server-sent chunks with stream: true)",
         "content": {
             JSON: {"schema": _ref("ChatCompletion")},
-            "text/event-stream": {"schema": {"type": "string"}},
+            SSE: {"schema": _EVENT},
         },
     }
     return {

@@ -180,12 +180,15 @@ def start_daemon(
     port: int | None = None,
     wait: bool = True,
     name: str = "daemon",
+    extra_toml: str = "",
 ) -> DaemonProcess:
-    """Start ``python -m edge_agent run`` with its own state dir and port."""
+    """Start ``python -m edge_agent run`` with its own state dir and port.
+    ``extra_toml`` is appended to the config (arrays of tables, which
+    :func:`toml` does not write)."""
     tmp.mkdir(parents=True, exist_ok=True)
     state = state_dir or tmp / "state"
     config_path = tmp / f"{name}.toml"
-    config_path.write_text(toml(config, top))
+    config_path.write_text(toml(config, top) + extra_toml)
     env = {**os.environ, "EDGE_AGENT_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1"}
     env.pop("EDGE_AGENT_API_TOKEN", None)
     if token is not None:
