@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,10 @@ __all__ = ["AutomationCollector", "AutomationHost"]
 
 log = logging.getLogger("edge_agent.automation")
 SUBMIT_TIMEOUT_S = 30.0
+# After a start, devices announce themselves again within seconds (the
+# bridge greets each one it hears). A job resumed from the journal may run
+# before that: it waits this long for its device tools instead of failing.
+DEVICES_SETTLE_S = 20.0
 
 
 class AutomationHost:
@@ -53,6 +58,7 @@ class AutomationHost:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._notify: Tool | None = None
         self._confirmer: MqttConfirmer | None = None
+        self._started_at = time.monotonic()
 
     # -- lifecycle (called by Daemon.serve, off the event loop)
 
@@ -63,6 +69,7 @@ class AutomationHost:
         from firmware_bridge.bridge import Bridge
 
         self._loop = loop
+        self._started_at = time.monotonic()
         devices = self.settings.devices
         broker = self.settings.broker
         self.bridge = Bridge(devices.safety, audit=self.daemon.journal)
@@ -162,8 +169,11 @@ class AutomationHost:
     def registry_for(self, names: Iterable[str], registry: Registry) -> Registry:
         """The job's tools by name: device tools and ``notify`` from here,
         the rest from the daemon's registry. A device that went away since
-        the rule fired just has no tool now."""
-        own = {t.name: t for t in self._own_tools()}
+        the rule fired just has no tool now; right after a start, a job
+        waits for its devices to announce themselves again (a job the last
+        process left unfinished runs first, before any device is back)."""
+        names = list(names)
+        own = self._device_tools({n for n in names if n not in registry})
         chosen: list[Tool] = []
         for name in names:
             found = own.get(name) or (registry.get(name) if name in registry else None)
@@ -172,6 +182,16 @@ class AutomationHost:
             elif found not in chosen:
                 chosen.append(found)
         return Registry(chosen)
+
+    def _device_tools(self, wanted: set[str]) -> dict[str, Tool]:
+        """The bridge's tools and ``notify``, by name, once ``wanted`` are all
+        there or the settling time after the start has passed."""
+        deadline = self._started_at + DEVICES_SETTLE_S
+        while True:
+            own = {t.name: t for t in self._own_tools()}
+            if wanted <= own.keys() or time.monotonic() >= deadline:
+                return own
+            time.sleep(0.1)
 
     def runner(self, fallback: Sandbox | None) -> HostRunner:
         from firmware_bridge.bridge import HostRunner

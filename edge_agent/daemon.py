@@ -538,8 +538,10 @@ class Daemon:
         resumed = self.resume()
         if resumed:
             log.info("resumed %d unfinished request(s) from the journal", resumed)
-        consumer = asyncio.create_task(self._consume())
+        # The automation host first: a resumed automation job needs it (and
+        # its devices), or it would be answered as a plain API job.
         await self._start_automation(loop)
+        consumer = asyncio.create_task(self._consume())
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
