@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,15 +46,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import trustme
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from firmware_bridge.simulator import SimulatedDevice  # noqa: E402
-from tests.daemon.conftest import SMOL, DaemonProcess, free_port, sse_events  # noqa: E402
+from tests.daemon.conftest import (  # noqa: E402
+    SMOL,
+    DaemonProcess,
+    free_port,
+    run_daemon,
+    sse_events,
+)
 from tests.iot.conftest import NODE, IotBroker  # noqa: E402
-from tests.offload.conftest import PREFIX, Answer, Pki, RawClient, ScriptedLLM  # noqa: E402
+from tests.offload.conftest import PREFIX, Answer, RawClient, ScriptedLLM, make_pki  # noqa: E402
 from tests.offload.conftest import completion as cloud_completion  # noqa: E402
 
 TOKEN = "soak-token-0123456789abcdef"
@@ -91,8 +94,9 @@ class SoakReport:
     pending: int
     readings: int
     automation_jobs: int
-    actuations: int
-    duplicate_actuations: int
+    actuations: int  # what the device carried out
+    actuations_audited: int  # acked actuations the audit names a request for
+    duplicate_actuations: int  # a request's actuator acted on more than once
     cloud_requests: int
     cloud_keys_resent: int
     duplicate_cloud_calls: int
@@ -119,7 +123,7 @@ def config_text(broker: IotBroker, cloud: ScriptedLLM, ca_file: Path) -> str:
 [model]
 name = "{SMOL}"
 n_threads = 2
-max_tokens = 32
+max_tokens = 64
 n_ctx = 2048
 prefix_cache = false
 
@@ -179,7 +183,8 @@ class Soak:
     def __init__(self, folder: Path, stack: ExitStack, seed: int) -> None:
         self.folder = folder
         self.rng = random.Random(seed)
-        self.pki = _pki(folder / "pki")
+        (folder / "pki").mkdir()
+        self.pki = make_pki(folder / "pki")
         (folder / "broker").mkdir()
         self.broker = IotBroker(folder / "broker", self.pki)
         self.broker.start()
@@ -203,15 +208,8 @@ class Soak:
     # -- the daemon
 
     def start(self) -> DaemonProcess:
-        env = {**os.environ, "EDGE_AGENT_STATE_DIR": str(self.state), "PYTHONUNBUFFERED": "1"}
-        env["EDGE_AGENT_API_TOKEN"] = TOKEN
         log_path = self.folder / "daemon.log"
-        log_file = log_path.open("ab")
-        command = [sys.executable, "-m", "edge_agent", "run", "--config", str(self.config),
-                   "--port", str(self.port)]  # fmt: skip
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-        self.daemon = DaemonProcess(proc, self.port, self.state, log_path, TOKEN, log_file)
-        self.daemon.wait_healthy()
+        self.daemon = run_daemon(self.config, self.state, log_path, token=TOKEN, port=self.port)
         return self.daemon
 
     def kill(self) -> None:
@@ -324,11 +322,13 @@ def _compare(soak: Soak, records: list[ClientRecord], cycles: int, started: floa
         if r["status"] == "failed" and "restart" in str(r["reason"])
         and not json.loads(r["payload"]).get("options", {}).get("execute")
     ]  # fmt: skip
-    executed = [seq for seq, _, _ in soak.device.log.executed]
+    # Every command the device carried out. Its seq numbers start again with
+    # each boot of the host, so a request is what tells a repeat apart.
+    executed = list(soak.device.log.executed)
     per_request = Counter(
         (rid, d.get("actuator"))
         for _, rid, d in _audit(daemon)
-        if d.get("status") == "acked" and rid is not None
+        if d.get("status") == "done" and rid is not None
     )
     resent = Counter(r.headers.get("idempotency-key") for r in soak.cloud.received)
     cloud_keys_by_client = _cloud_keys_per_client(records, rows, soak.cloud)
@@ -343,8 +343,8 @@ def _compare(soak: Soak, records: list[ClientRecord], cycles: int, started: floa
         readings=soak.readings,
         automation_jobs=sum(r["source"] == "automation" for r in rows.values()),
         actuations=len(executed),
-        duplicate_actuations=(len(executed) - len(set(executed)))
-        + sum(n - 1 for n in per_request.values() if n > 1),
+        actuations_audited=sum(per_request.values()),
+        duplicate_actuations=sum(n - 1 for n in per_request.values() if n > 1),
         cloud_requests=len(soak.cloud.received),
         cloud_keys_resent=sum(n - 1 for n in resent.values() if n > 1),
         duplicate_cloud_calls=sum(len(keys) - 1 for keys in cloud_keys_by_client if len(keys) > 1),
@@ -380,18 +380,6 @@ def _audit(daemon: DaemonProcess) -> list[tuple[str, str | None, dict[str, Any]]
     with closing(sqlite3.connect(daemon.journal, timeout=10)) as db:
         rows = db.execute("SELECT kind, request_id, detail FROM audit ORDER BY id").fetchall()
     return [(k, r, json.loads(d)) for k, r, d in rows if k == "actuation"]
-
-
-def _pki(folder: Path) -> Pki:
-    folder.mkdir(parents=True)
-    ca = trustme.CA()
-    ca_file = folder / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_file, key_file = folder / "server.pem", folder / "server.key"
-    cert_file.write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key_file))
-    return Pki(ca, ca_file, cert_file, key_file, folder)
 
 
 @contextmanager

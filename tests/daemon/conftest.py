@@ -186,15 +186,34 @@ def start_daemon(
     ``extra_toml`` is appended to the config (arrays of tables, which
     :func:`toml` does not write)."""
     tmp.mkdir(parents=True, exist_ok=True)
-    state = state_dir or tmp / "state"
     config_path = tmp / f"{name}.toml"
     config_path.write_text(toml(config, top) + extra_toml)
+    return run_daemon(
+        config_path,
+        state_dir or tmp / "state",
+        tmp / f"{name}.log",
+        token=token,
+        port=port or free_port(),
+        wait=wait,
+    )
+
+
+def run_daemon(
+    config_path: Path,
+    state: Path,
+    log_path: Path,
+    *,
+    token: str | None = TOKEN,
+    port: int | None = None,
+    wait: bool = True,
+) -> DaemonProcess:
+    """``python -m edge_agent run`` on a written config, with its own state
+    folder, port and log (appended, so a restarted daemon keeps one log)."""
     env = {**os.environ, "EDGE_AGENT_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1"}
     env.pop("EDGE_AGENT_API_TOKEN", None)
     if token is not None:
         env["EDGE_AGENT_API_TOKEN"] = token
     port = port or free_port()
-    log_path = tmp / f"{name}.log"
     log_file = log_path.open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_agent", "run", "--config", str(config_path),

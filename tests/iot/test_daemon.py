@@ -11,8 +11,6 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -28,7 +26,7 @@ from firmware_bridge.bridge import Bridge
 from firmware_bridge.protocol import Reading
 from firmware_bridge.serial_link import PtyPair, SerialLink
 from firmware_bridge.simulator import Faults, SimulatedDevice
-from tests.daemon.conftest import QWEN, DaemonProcess, free_port
+from tests.daemon.conftest import QWEN, DaemonProcess, run_daemon
 from tests.iot.conftest import NODE, IotBroker, wait_until
 from tests.offload.conftest import PREFIX, RawClient
 
@@ -109,21 +107,13 @@ def daemon_with_automation(
     pty = PtyPair()
     config = tmp_path / "iot.toml"
     config.write_text(_config(iot_broker, pty.path))
-    state, port = tmp_path / "state", free_port()
-    env = {**os.environ, "EDGE_AGENT_STATE_DIR": str(state), "PYTHONUNBUFFERED": "1"}
-    env.pop("EDGE_AGENT_API_TOKEN", None)
-    log_path = tmp_path / "daemon.log"
-    log_file = log_path.open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent", "run", "--config", str(config), "--port", str(port)],
-        stdout=log_file, stderr=subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    daemon = DaemonProcess(proc, port, state, log_path, None, log_file)
     try:
-        daemon.wait_healthy()
-        yield daemon, pty
+        daemon = run_daemon(config, tmp_path / "state", tmp_path / "daemon.log", token=None)
+        try:
+            yield daemon, pty
+        finally:
+            daemon.stop(signal.SIGTERM, timeout=120)
     finally:
-        daemon.stop(signal.SIGTERM, timeout=120)
         pty.close()
 
 
