@@ -58,8 +58,8 @@ from tests.daemon.conftest import (  # noqa: E402
     run_daemon,
     sse_events,
 )
-from tests.iot.conftest import NODE, IotBroker  # noqa: E402
-from tests.offload.conftest import PREFIX, Answer, RawClient, ScriptedLLM, make_pki  # noqa: E402
+from tests.iot.conftest import NODE, IotBroker, broker_table  # noqa: E402
+from tests.offload.conftest import Answer, RawClient, ScriptedLLM, make_pki  # noqa: E402
 from tests.offload.conftest import completion as cloud_completion  # noqa: E402
 
 TOKEN = "soak-token-0123456789abcdef"
@@ -118,7 +118,6 @@ class SoakReport:
 
 
 def config_text(broker: IotBroker, cloud: ScriptedLLM, ca_file: Path) -> str:
-    agent = broker.settings("agent")
     return f"""
 [model]
 name = "{SMOL}"
@@ -149,13 +148,7 @@ drain_timeout_s = 60
 [automation]
 node_id = "{NODE}"
 
-[automation.broker]
-host = "127.0.0.1"
-port = {agent.port}
-tls_ca = "{agent.tls_ca}"
-username = "agent"
-password_file = "{agent.password_file}"
-topic_prefix = "{PREFIX}"
+{broker_table(broker)}
 
 [automation.devices]
 mqtt = true

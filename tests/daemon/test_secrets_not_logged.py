@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from tests.daemon.conftest import SMOL, smol_config, start_daemon
-from tests.iot.conftest import NODE, IotBroker, wait_until
+from tests.iot.conftest import NODE, IotBroker, broker_table, wait_until
 from tests.iot.conftest import iot_broker as iot_broker  # the real broker, as a fixture here
 from tests.offload.conftest import (
     PREFIX,
@@ -39,19 +39,12 @@ LIGHT_ARGS = {"room": "kitchen", "on": True}
 
 
 def _automation(broker: IotBroker) -> str:
-    agent = broker.settings("agent")
     return f"""
 [automation]
 node_id = "{NODE}"
 discovery = false
 
-[automation.broker]
-host = "127.0.0.1"
-port = {agent.port}
-tls_ca = "{agent.tls_ca}"
-username = "agent"
-password_file = "{agent.password_file}"
-topic_prefix = "{PREFIX}"
+{broker_table(broker)}
 
 [[automation.sensors]]
 topic = "home/sensors/+"

@@ -99,6 +99,19 @@ class IotBroker(Broker):
         return BrokerSettings(**{**values, **overrides})
 
 
+def broker_table(broker: IotBroker, user: str = "agent") -> str:
+    """The ``[automation.broker]`` table of a daemon config for ``broker``."""
+    settings = broker.settings(user)
+    return f"""[automation.broker]
+host = "127.0.0.1"
+port = {settings.port}
+tls_ca = "{settings.tls_ca}"
+username = "{user}"
+password_file = "{settings.password_file}"
+topic_prefix = "{PREFIX}"
+"""
+
+
 @pytest.fixture
 def iot_broker(pki: Pki, tmp_path: Path) -> Iterator[IotBroker]:
     folder = tmp_path / "broker"

@@ -27,15 +27,14 @@ from firmware_bridge.protocol import Reading
 from firmware_bridge.serial_link import PtyPair, SerialLink
 from firmware_bridge.simulator import Faults, SimulatedDevice
 from tests.daemon.conftest import QWEN, DaemonProcess, run_daemon
-from tests.iot.conftest import NODE, IotBroker, wait_until
-from tests.offload.conftest import PREFIX, RawClient
+from tests.iot.conftest import NODE, IotBroker, broker_table, wait_until
+from tests.offload.conftest import RawClient
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "iot.toml"
 
 
 def _config(broker: IotBroker, pty: str) -> str:
-    agent = broker.settings("agent")
     return f"""
 [model]
 name = "{QWEN}"
@@ -56,13 +55,7 @@ drain_timeout_s = 600
 node_id = "{NODE}"
 max_payload_bytes = 1024
 
-[automation.broker]
-host = "127.0.0.1"
-port = {agent.port}
-tls_ca = "{agent.tls_ca}"
-username = "agent"
-password_file = "{agent.password_file}"
-topic_prefix = "{PREFIX}"
+{broker_table(broker)}
 
 [automation.devices]
 mqtt = true
