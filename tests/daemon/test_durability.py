@@ -106,16 +106,52 @@ def test_a_decision_survives_any_number_of_outside_kills(spawn: Any) -> None:
     assert "fatal signal" not in daemon.log()
 
 
-def test_kill_9_while_running_tools_fails_it_with_a_reason(spawn: Any) -> None:
+def test_kill_9_before_any_tool_started_runs_it_again(spawn: Any) -> None:
+    """An executing request cut off while the model still decides has run no
+    tool (``acted_at`` is empty): after the restart it runs again, to the end."""
     daemon = spawn(smol_config())
     body = chat_body(LONG, x_edge_agent_execute=True, x_edge_agent_tools=["calculate"])
     with ExitStack() as stack:
-        Stream(stack, daemon, {**body, "stream": True}, key="side-effects")
-        daemon.wait_rows(running)
+        Stream(stack, daemon, {**body, "stream": True}, key="not-yet-acted")
+        (row,) = daemon.wait_rows(running)
+        assert row["acted_at"] is None
         daemon.stop(signal.SIGKILL)
     again = spawn(smol_config(), state_dir=daemon.state_dir, name="restarted")
     (row,) = again.wait_rows(settled)
-    assert row["status"] == "failed"  # tools may have run: never run them twice
+    assert row["status"] == "done", row
+    assert row["recoveries"] == 1
+
+
+def slow_switch_folder(tmp_path: Path) -> Path:
+    """A tool that acts (side effect ``actuate``) and takes its time."""
+    tools = tmp_path / "slow_tools"
+    tools.mkdir()
+    (tools / "switch.py").write_text(
+        "import time\n\nfrom edge_agent import tool\n\n\n"
+        "@tool('Switch the pump on or off.', side_effect='actuate', timeout_s=60)\n"
+        "def switch_pump(on: bool) -> str:\n"
+        "    time.sleep(30)\n"
+        "    return 'on' if on else 'off'\n"
+    )
+    return tools
+
+
+def test_kill_9_while_a_tool_acts_fails_it_with_a_reason(spawn: Any, tmp_path: Path) -> None:
+    """Once a tool that may change something has started, the journal says
+    so (before the tool runs); a kill then fails the request rather than
+    run the tool twice."""
+    top = {"tools_dirs": [str(slow_switch_folder(tmp_path))]}
+    daemon = spawn(smol_config(), top=top)
+    choice = {"type": "function", "function": {"name": "switch_pump"}}
+    body = chat_body("Switch the pump on.", x_edge_agent_execute=True,
+                     x_edge_agent_tools=["switch_pump"], tool_choice=choice)  # fmt: skip
+    with ExitStack() as stack:
+        Stream(stack, daemon, {**body, "stream": True}, key="side-effects")
+        daemon.wait_rows(lambda rows: any(r["acted_at"] is not None for r in rows))
+        daemon.stop(signal.SIGKILL)
+    again = spawn(smol_config(), top=top, state_dir=daemon.state_dir, name="restarted")
+    (row,) = again.wait_rows(settled)
+    assert row["status"] == "failed"  # the tool may have acted: never run it twice
     assert "interrupted by a restart" in row["reason"]
 
 
