@@ -413,7 +413,10 @@ def _repeats_answered(attempt: Attempt, messages: Sequence[Message]) -> bool:
     """Is every call of ``attempt`` one the conversation already holds,
     with a tool result after it?"""
     calls = _verified(attempt)
-    return bool(calls) and all(_key(c) in _answered(messages) for c in calls)
+    if not calls:
+        return False
+    answered = _answered(messages)  # parsed once, not once per call
+    return all(_key(c) in answered for c in calls)
 
 
 def _answered(messages: Sequence[Message]) -> set[str]:
