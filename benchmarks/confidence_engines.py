@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.confidence import SHIPPED_MODEL, Features, calibration, load_confidence
+from edge_agent.routing.confidence import SHIPPED_MODEL, Features, calibration, load_confidence
 
 
 def load(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:

@@ -63,8 +63,12 @@ from edge_agent.agent import system_for
 from edge_agent.bench.bfcl_check import check_item, is_relevance_category
 from edge_agent.bench.bfcl_data import decode_calls, load_items
 from edge_agent.bench.bfcl_run import percentile
-from edge_agent.calls import parse_output
 from edge_agent.config import AgentSettings
+from edge_agent.decoding.calls import parse_output
+from edge_agent.decoding.grammar import Grammar, GrammarOptions, build_grammar
+from edge_agent.decoding.prompts import Message, build_prompt
+from edge_agent.decoding.schema import ToolSpec, normalize_tools
+from edge_agent.decoding.tool_select import ToolIndex
 from edge_agent.engine.base import Generation
 from edge_agent.engine.guided import GuidedGeneration, GuidedLlamaEngine
 from edge_agent.engine.llama import LlamaEngine
@@ -75,11 +79,7 @@ from edge_agent.engine.prefix_cache import (
     truncate,
 )
 from edge_agent.errors import EdgeAgentError, InputError
-from edge_agent.grammar import Grammar, GrammarOptions, build_grammar
-from edge_agent.prompts import Message, build_prompt
-from edge_agent.schema import ToolSpec, normalize_tools
-from edge_agent.tool_select import ToolIndex
-from edge_agent.verify import verify_output
+from edge_agent.toolbox.verify import verify_output
 
 AGENT = AgentSettings()
 """Default agent settings: their system text goes ahead of every tool block."""

@@ -36,8 +36,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge_agent.confidence import Features, load_confidence
 from edge_agent.ladder import threshold_for
+from edge_agent.routing.confidence import Features, load_confidence
 
 
 def tuning_scores(paths: list[Path]) -> list[tuple[float, bool]]:

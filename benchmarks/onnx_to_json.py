@@ -1,7 +1,7 @@
 """Convert an ONNX logistic confidence model to the JSON weights numpy runs.
 
 The shipped model used to be ``models/confidence.onnx``, written by
-``edge_agent.confidence.logistic_onnx`` (Sub, Div, MatMul, Add, Sigmoid). It
+``edge_agent.routing.confidence.logistic_onnx`` (Sub, Div, MatMul, Add, Sigmoid). It
 was converted once with this script into ``models/confidence.json``; the ONNX
 file is kept as ``tests/data/confidence_shipped.onnx``, the reference a test
 checks the numpy evaluation against. Needs the ``onnx`` package (the
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.confidence import FEATURE_NAMES, LogisticFit
+from edge_agent.routing.confidence import FEATURE_NAMES, LogisticFit
 
 OPS = ["Sub", "Div", "MatMul", "Add", "Sigmoid"]
 

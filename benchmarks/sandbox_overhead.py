@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_agent.registry import Registry, Tool, validate_args
 from edge_agent.sandbox import ProcessSandbox
+from edge_agent.toolbox.registry import Registry, Tool, validate_args
 
 TOOL_SOURCE = """
-from edge_agent.registry import tool
+from edge_agent.toolbox.registry import tool
 
 
 @tool("Add two integers.")

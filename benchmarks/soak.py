@@ -50,6 +50,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from edge_agent.iot.mqtt_link import DeviceMqttLink  # noqa: E402
 from firmware_bridge.simulator import SimulatedDevice  # noqa: E402
 from tests.daemon.conftest import (  # noqa: E402
     SMOL,
@@ -186,7 +187,7 @@ class Soak:
         self.cloud = ScriptedLLM(self.pki.cert_file, self.pki.key_file, [answer])
         stack.callback(self.cloud.close)
         self.device = SimulatedDevice("sim1")
-        self.device.serve_mqtt(self.broker.settings("sim1"))
+        self.device.serve_link(DeviceMqttLink(self.broker.settings("sim1"), self.device.id))
         stack.callback(self.device.close)
         self.sensors = RawClient(self.broker, "sensors")
         self.config = folder / "soak.toml"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.errors import EdgeAgentError
-from edge_agent.registry import tool
+from edge_agent.toolbox.registry import tool
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent

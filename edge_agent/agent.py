@@ -12,7 +12,7 @@ answers first, and a bigger local model only when it is unsure or its call
 fails verification after one repair (:mod:`edge_agent.ladder`).
 
 Steps: one, when one is enough. After the calls of a step have run, the
-person reads one sentence per call (:mod:`edge_agent.sentences`). Another
+person reads one sentence per call (:mod:`edge_agent.toolbox.sentences`). Another
 step, with the results fed back as ``tool`` messages, is taken only when a
 read ran and the request goes on past it ("if it is warm, ..."), up to
 ``max_steps``. A call identical to one already executed is never run twice:
@@ -30,14 +30,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge_agent.calls import ParsedOutput, ToolCall, parse_output
 from edge_agent.config import AgentSettings
-from edge_agent.engine.base import Engine
-from edge_agent.engine.prefix_cache import PrefixCache, WarmPrefix
-from edge_agent.errors import InputError
-from edge_agent.grammar import Grammar, GrammarOptions, build_grammar
-from edge_agent.ladder import Ladder
-from edge_agent.prompts import (
+from edge_agent.decoding.calls import ParsedOutput, ToolCall, parse_output
+from edge_agent.decoding.grammar import Grammar, GrammarOptions, build_grammar
+from edge_agent.decoding.prompts import (
     Message,
     build_prompt,
     repair_message,
@@ -45,13 +41,17 @@ from edge_agent.prompts import (
     tool_result_message,
     user_message,
 )
-from edge_agent.ratelimit import RateLimiter
-from edge_agent.registry import Registry, Tool, validate_args
-from edge_agent.run import Attempt, AttemptKind, ExecStatus, Execution, Result
-from edge_agent.schema import ToolSpec
-from edge_agent.sentences import said
-from edge_agent.tool_select import select_tools
-from edge_agent.verify import Rule, Verdict, verify_output
+from edge_agent.decoding.schema import ToolSpec
+from edge_agent.decoding.tool_select import select_tools
+from edge_agent.engine.base import Engine
+from edge_agent.engine.prefix_cache import PrefixCache, WarmPrefix
+from edge_agent.errors import InputError
+from edge_agent.ladder import Ladder
+from edge_agent.records.run import Attempt, AttemptKind, ExecStatus, Execution, Result
+from edge_agent.toolbox.ratelimit import RateLimiter
+from edge_agent.toolbox.registry import Registry, Tool, validate_args
+from edge_agent.toolbox.sentences import said
+from edge_agent.toolbox.verify import Rule, Verdict, verify_output
 
 Confirm = Callable[[ToolCall, Tool], bool]
 

@@ -28,20 +28,20 @@ import psutil
 from edge_agent.config import EdgeAgentConfig, TierSettings, load_config, state_dir
 from edge_agent.errors import EngineError, McpError, ModelError
 from edge_agent.ladder import Ladder, Tier, sampler
-from edge_agent.registry import BUILTIN_TOOLS_DIR, Registry, tools_from_json_file
+from edge_agent.toolbox.registry import BUILTIN_TOOLS_DIR, Registry, tools_from_json_file
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent, Confirm
-    from edge_agent.confidence import ConfidenceModel
     from edge_agent.engine.base import Engine
     from edge_agent.engine.prefix_cache import WarmPrefix
-    from edge_agent.journal import Journal
-    from edge_agent.mcp_settings import McpServerSettings
-    from edge_agent.offload.base import OffloadTransport
-    from edge_agent.ratelimit import RateLimiter
-    from edge_agent.router import Cloud, Router, Store
-    from edge_agent.run import Attempt
+    from edge_agent.mcp_link.settings import McpServerSettings
+    from edge_agent.records.journal import Journal
+    from edge_agent.records.run import Attempt
+    from edge_agent.routing.confidence import ConfidenceModel
+    from edge_agent.routing.offload.base import OffloadTransport
+    from edge_agent.routing.router import Cloud, Router, Store
     from edge_agent.sandbox.process import ProcessSandbox
+    from edge_agent.toolbox.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Assembly:
         """A server that cannot be listed is left out with a warning: one
         unreachable MCP server must not keep the device's own tools (or the
         daemon) from starting. SIGHUP lists it again."""
-        from edge_agent.mcp_tools import mcp_tools
+        from edge_agent.mcp_link.tools import mcp_tools
 
         self._status(f"listing the tools of MCP server {server.name}…")
         try:
@@ -139,7 +139,7 @@ class Assembly:
     def _loader(self) -> EngineLoader:
         if self._load is not None:
             return self._load
-        from edge_agent.engine.llama import load_engine
+        from edge_agent.engine import load_engine
 
         return load_engine
 
@@ -203,13 +203,13 @@ class Assembly:
         return TierStatus(tier.name, True, f"{resolved.path.name}, {size:.0f} MiB, fits in memory")
 
     def _judge(self, attempts: Sequence[Attempt]) -> float:
-        from edge_agent.confidence import features_from_attempts
+        from edge_agent.routing.confidence import features_from_attempts
 
         return self.confidence().p_success(features_from_attempts(attempts))
 
     def confidence(self) -> ConfidenceModel:
         if self._confidence is None:
-            from edge_agent.confidence import load_confidence
+            from edge_agent.routing.confidence import load_confidence
 
             self._confidence = load_confidence(self.config.router.confidence_model)
         return self._confidence
@@ -260,7 +260,7 @@ class Assembly:
     # -- journal, cloud and router
 
     def journal(self) -> Journal:
-        from edge_agent.journal import Journal
+        from edge_agent.records.journal import Journal
 
         return Journal()
 
@@ -268,11 +268,11 @@ class Assembly:
         """The configured offload transport (HTTPS first, else MQTT), or None."""
         offload = self.config.offload
         if offload.https is not None:
-            from edge_agent.offload.https import HttpsTransport
+            from edge_agent.routing.offload.https import HttpsTransport
 
             return HttpsTransport(offload.https)
         if offload.mqtt is not None:
-            from edge_agent.offload.mqtt import MqttTransport
+            from edge_agent.routing.offload.mqtt import MqttTransport
 
             return MqttTransport(offload.mqtt)
         return None
@@ -285,9 +285,9 @@ class Assembly:
         transport = transport or self.transport()
         if transport is None:
             return None
-        from edge_agent.budget import Budget
-        from edge_agent.ledger import SqliteLedger
-        from edge_agent.router import cloud_for
+        from edge_agent.routing.budget import Budget
+        from edge_agent.routing.ledger import SqliteLedger
+        from edge_agent.routing.router import cloud_for
 
         budget = Budget(self.config.budget, SqliteLedger(journal.path))
         return cloud_for(transport, budget, self.config.router.link)
@@ -302,9 +302,9 @@ class Assembly:
     ) -> Router:
         """The router over ``agent`` (its settings made the router's: one
         local repair), recording in ``store`` or in a store on that journal."""
-        from edge_agent.journal import Journal
-        from edge_agent.ledger import SqliteOutbox
-        from edge_agent.router import Router, Store, cascade_agent_settings
+        from edge_agent.records.journal import Journal
+        from edge_agent.routing.ledger import SqliteOutbox
+        from edge_agent.routing.router import Router, Store, cascade_agent_settings
 
         if isinstance(store, Journal):
             store = Store(store, SqliteOutbox(store.path))

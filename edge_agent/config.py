@@ -23,14 +23,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from edge_agent.automation_settings import AutomationSettings
-from edge_agent.budget import BudgetSettings
-from edge_agent.connectivity import ConnectivitySettings
 from edge_agent.engine.base import EngineKind
 from edge_agent.errors import ConfigError
-from edge_agent.mcp_settings import McpSettings
-from edge_agent.offload.settings import HttpsOffloadSettings, MqttOffloadSettings
-from edge_agent.registry import SideEffect
+from edge_agent.iot.automation_settings import AutomationSettings
+from edge_agent.mcp_link.settings import McpSettings
+from edge_agent.routing.budget import BudgetSettings
+from edge_agent.routing.connectivity import ConnectivitySettings
+from edge_agent.routing.offload.settings import HttpsOffloadSettings, MqttOffloadSettings
+from edge_agent.toolbox.registry import SideEffect
 
 API_TOKEN_ENV = "EDGE_AGENT_API_TOKEN"  # noqa: S105 - a variable name, not a secret
 

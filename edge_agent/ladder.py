@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from edge_agent.engine.base import Engine
-from edge_agent.run import Attempt
+from edge_agent.records.run import Attempt
 
 Judge = Callable[[Sequence[Attempt]], float]
 """P(success) of one step's attempts (initial, then repairs) on one tier."""

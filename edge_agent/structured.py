@@ -2,7 +2,7 @@
 client's schema (OpenAI's ``response_format``).
 
 The same grammar engine that keeps tool calls well formed decodes the value
-(:func:`~edge_agent.grammar.build_value_grammar`: llguidance compiles the
+(:func:`~edge_agent.decoding.grammar.build_value_grammar`: llguidance compiles the
 schema itself), so the answer is valid by construction rather than by hope;
 jsonschema checks it again afterwards, as the verifier checks every call,
 because a GBNF fallback enforces less (ranges, patterns, formats) and a
@@ -19,14 +19,14 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError as JsonSchemaError
 
-from edge_agent.calls import ParsedOutput
+from edge_agent.decoding.calls import ParsedOutput
+from edge_agent.decoding.grammar import build_value_grammar
+from edge_agent.decoding.prompts import Message, build_prompt
+from edge_agent.decoding.schema import JSONSchema
 from edge_agent.engine.base import Engine
 from edge_agent.errors import SchemaError
-from edge_agent.grammar import build_value_grammar
-from edge_agent.prompts import Message, build_prompt
-from edge_agent.run import Attempt, Result
-from edge_agent.schema import JSONSchema
-from edge_agent.verify import Verdict
+from edge_agent.records.run import Attempt, Result
+from edge_agent.toolbox.verify import Verdict
 
 _ASK_OBJECT = "Answer with one JSON object and nothing else."
 _ASK_SCHEMA = (

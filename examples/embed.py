@@ -31,7 +31,7 @@ def water(zone: Literal["front", "back"], minutes: int) -> dict[str, object]:
 
 def main(request: str) -> int:
     from edge_agent.assemble import Assembly
-    from edge_agent.registry import Registry
+    from edge_agent.toolbox.registry import Registry
 
     parts = Assembly.from_file(None)
     agent = parts.agent(Registry.from_functions(water), sandbox=parts.sandbox())

@@ -1,11 +1,16 @@
-"""edge-agent ⇄ microcontroller firmware: protocol, links, bridge, simulator.
+"""The device's side of edge-agent ⇄ microcontroller firmware: protocol, serial link, simulator.
 
 * :mod:`~firmware_bridge.protocol`: the wire format (pure; ``PROTOCOL.md``).
-* :mod:`~firmware_bridge.serial_link`, :mod:`~firmware_bridge.mqtt_link`:
-  the same frames over a serial port (pyserial) and over MQTT v5.
-* :mod:`~firmware_bridge.bridge`: devices → tools, and the actuator safety.
-* :mod:`~firmware_bridge.simulator`: a virtual device for tests and laptops.
+* :mod:`~firmware_bridge.serial_link`: frames over a serial port (pyserial).
+* :mod:`~firmware_bridge.settings`: the bridge's typed settings.
+* :mod:`~firmware_bridge.simulator`: a virtual device for tests and laptops,
+  on a serial stream or on any link handed to it.
 * ``firmware/``: reference MicroPython firmware for an ESP32.
+
+This package imports nothing from ``edge_agent``: the host's side (the
+safety bridge that turns devices into tools, and the MQTT link that rides on
+the runtime's broker client) is :mod:`edge_agent.iot.bridge` and
+:mod:`edge_agent.iot.mqtt_link`.
 
 Importing this package loads neither paho nor pyserial; the names below
 load their module on first use.
@@ -17,28 +22,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from firmware_bridge.bridge import (
-        Actuation,
-        ActuationContext,
-        Bridge,
-        BridgeSettings,
-        ConfirmRequest,
-        HostRunner,
-    )
-    from firmware_bridge.mqtt_link import MqttConfirmer, MqttLink
     from firmware_bridge.protocol import PROTOCOL_VERSION, Frame, Rejection, decode, encode
     from firmware_bridge.serial_link import PtyPair, SerialLink
+    from firmware_bridge.settings import BridgeSettings
     from firmware_bridge.simulator import SimulatedDevice
 
 _LAZY = {
-    "Actuation": "bridge",
-    "ActuationContext": "bridge",
-    "Bridge": "bridge",
-    "BridgeSettings": "bridge",
-    "ConfirmRequest": "bridge",
-    "HostRunner": "bridge",
-    "MqttConfirmer": "mqtt_link",
-    "MqttLink": "mqtt_link",
     "PROTOCOL_VERSION": "protocol",
     "Frame": "protocol",
     "Rejection": "protocol",
@@ -46,20 +35,14 @@ _LAZY = {
     "encode": "protocol",
     "PtyPair": "serial_link",
     "SerialLink": "serial_link",
+    "BridgeSettings": "settings",
     "SimulatedDevice": "simulator",
 }
 
 __all__ = [
     "PROTOCOL_VERSION",
-    "Actuation",
-    "ActuationContext",
-    "Bridge",
     "BridgeSettings",
-    "ConfirmRequest",
     "Frame",
-    "HostRunner",
-    "MqttConfirmer",
-    "MqttLink",
     "PtyPair",
     "Rejection",
     "SerialLink",

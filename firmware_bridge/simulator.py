@@ -22,7 +22,7 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from firmware_bridge.protocol import (
     Ack,
@@ -45,11 +45,7 @@ from firmware_bridge.protocol import (
 )
 from firmware_bridge.serial_link import ByteStream, LineSplitter
 
-if TYPE_CHECKING:
-    from edge_agent.offload.mqtt import BrokerSettings
-    from firmware_bridge.mqtt_link import DeviceMqttLink
-
-__all__ = ["FIRMWARE", "Faults", "SimulatedDevice", "default_capabilities"]
+__all__ = ["FIRMWARE", "DeviceLink", "Faults", "SimulatedDevice", "default_capabilities"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +58,19 @@ CLOCK_BACK_MS = 60_000  # a hello may not move the device's clock back further
 REPLIES_KEPT = 64
 
 Send = Callable[[Frame, bytes, "bytes | None"], None]
+Receive = Callable[[bytes, "bytes | None"], None]
+
+
+class DeviceLink(Protocol):
+    """A message link as the device sees it (MQTT in edge_agent.iot.mqtt_link):
+    ``start`` delivers each incoming line with its correlation data, ``send``
+    publishes one frame, replying to ``correlation`` if given."""
+
+    def start(self, on_line: Receive) -> None: ...
+
+    def send(self, frame: Frame, line: bytes, correlation: bytes | None = None) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,7 @@ class _Log:
 
 class SimulatedDevice:
     """One virtual device. Attach it to a serial stream (:meth:`serve_serial`)
-    or to a broker (:meth:`serve_mqtt`); :meth:`close` stops it."""
+    or to a message link such as MQTT (:meth:`serve_link`); :meth:`close` stops it."""
 
     def __init__(
         self,
@@ -144,20 +153,20 @@ class SimulatedDevice:
         self._spawn(self._announce_until_greeted)
         self._closers.append(stream.close)
 
-    def serve_mqtt(self, settings: BrokerSettings) -> None:
-        """Connect to the broker as this device (raises OffloadError if it cannot)."""
-        link = self._mqtt_link(settings)
+    def serve_link(self, link: DeviceLink) -> None:
+        """Serve on a message link, e.g. :class:`edge_agent.iot.mqtt_link.DeviceMqttLink`
+        (which raises OffloadError if it cannot reach its broker)."""
+        self._attach(link)
         self._spawn(self._announce_until_greeted)
-        self._closers.append(lambda: self._close_mqtt(link))
 
-    def pause_mqtt(self) -> None:
+    def pause_link(self) -> None:
         """Go offline cleanly; the broker keeps the session (and queues commands)."""
         while self._closers:
             self._closers.pop()()
 
-    def resume_mqtt(self, settings: BrokerSettings) -> None:
-        link = self._mqtt_link(settings)
-        self._closers.append(lambda: self._close_mqtt(link))
+    def resume_link(self, link: DeviceLink) -> None:
+        """Back online on a fresh link (the broker kept the session)."""
+        self._attach(link)
 
     def close(self) -> None:
         self._stop.set()
@@ -309,15 +318,12 @@ class SimulatedDevice:
             self.announce()
             self._stop.wait(HEARTBEAT_S if self.synced.is_set() else ANNOUNCE_RETRY_S)
 
-    def _mqtt_link(self, settings: BrokerSettings) -> DeviceMqttLink:
-        from firmware_bridge.mqtt_link import DeviceMqttLink
-
-        link = DeviceMqttLink(settings, self.id)
+    def _attach(self, link: DeviceLink) -> None:
         self._send = link.send
         link.start(self._receive)
-        return link
+        self._closers.append(lambda: self._detach(link))
 
-    def _close_mqtt(self, link: DeviceMqttLink) -> None:
+    def _detach(self, link: DeviceLink) -> None:
         self._send = None
         link.close()
 

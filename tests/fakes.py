@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from edge_agent.decoding.grammar import Grammar
 from edge_agent.engine.base import Generation, Timings, TokenScore
-from edge_agent.grammar import Grammar
 
 
 @dataclass

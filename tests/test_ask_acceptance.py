@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.agent import Agent
-from edge_agent.registry import Registry
+from edge_agent.toolbox.registry import Registry
 from tests.conftest import DATA, run_cli
 
 PROMPTS = json.loads((DATA / "ask_prompts.json").read_text())

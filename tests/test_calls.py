@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from edge_agent.calls import (
+from edge_agent.decoding.calls import (
     CALL_CLOSE,
     CALL_OPEN,
     ParsedOutput,

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from edge_agent.errors import ToolDefinitionError
-from edge_agent.registry import Registry
+from edge_agent.toolbox.registry import Registry
 from tests.conftest import REPO
 
 

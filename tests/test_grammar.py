@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from edge_agent.decoding.grammar import GrammarOptions, build_grammar, write_grammar
+from edge_agent.decoding.schema import ToolSpec, normalize_tools
 from edge_agent.engine.llama import LlamaEngine
 from edge_agent.errors import UnsupportedSchemaError
-from edge_agent.grammar import GrammarOptions, build_grammar, write_grammar
-from edge_agent.schema import ToolSpec, normalize_tools
 
 JSON_GBNF = Path(__file__).resolve().parent.parent / "grammars" / "json.gbnf"
 BFCL_SAMPLE = Path(__file__).resolve().parent / "data" / "bfcl"
@@ -388,8 +388,8 @@ def test_write_grammar_to_an_explicit_directory(tmp_path: Path) -> None:
 
 def test_tool_names_with_reserved_prefixes_build() -> None:
     code = (
-        "from edge_agent.schema import normalize_tools\n"
-        "from edge_agent.grammar import build_grammar\n"
+        "from edge_agent.decoding.schema import normalize_tools\n"
+        "from edge_agent.decoding.grammar import build_grammar\n"
         "for name in ('rootfs_info', 'json_query', 'tool_call_log'):\n"
         "    params = {'type': 'object', 'properties': {'a': {'type': 'string'}}}\n"
         "    build_grammar(normalize_tools([{'name': name, 'parameters': params}]))\n"

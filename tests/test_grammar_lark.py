@@ -15,10 +15,10 @@ from typing import Any
 import llguidance
 import pytest
 
-from edge_agent.calls import CALL_CLOSE, CALL_OPEN, ToolCall, render_call
+from edge_agent.decoding.calls import CALL_CLOSE, CALL_OPEN, ToolCall, render_call
+from edge_agent.decoding.grammar import Grammar, GrammarOptions, build_grammar, lark_grammar
+from edge_agent.decoding.schema import ToolSpec, normalize_tools
 from edge_agent.errors import UnsupportedSchemaError
-from edge_agent.grammar import Grammar, GrammarOptions, build_grammar, lark_grammar
-from edge_agent.schema import ToolSpec, normalize_tools
 from tests.conftest import DATA, REPO
 
 TAGS = (CALL_OPEN.strip(), CALL_CLOSE.strip())

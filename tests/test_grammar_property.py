@@ -29,13 +29,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.calls import ToolCall, parse_output
+from edge_agent.decoding.calls import ToolCall, parse_output
+from edge_agent.decoding.grammar import GrammarOptions, build_grammar
+from edge_agent.decoding.prompts import build_prompt, user_message
+from edge_agent.decoding.schema import ToolSpec, normalize_tools
 from edge_agent.engine.llama import LlamaEngine
 from edge_agent.errors import SchemaError
-from edge_agent.grammar import GrammarOptions, build_grammar
-from edge_agent.prompts import build_prompt, user_message
-from edge_agent.schema import ToolSpec, normalize_tools
-from edge_agent.verify import verify_call
+from edge_agent.toolbox.verify import verify_call
 
 pytestmark = pytest.mark.model
 
@@ -46,7 +46,7 @@ MAX_DEPTH = 3
 # keep this file near 3 minutes; 200 would take about 5.
 CONVERT_EXAMPLES = 400
 MODEL_EXAMPLES = 110
-# Left to the verifier by design (see edge_agent.grammar's docstring).
+# Left to the verifier by design (see edge_agent.decoding.grammar's docstring).
 UNENFORCED = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "pattern")
 
 # Tool names never start with "root", "json" or "tool_call": those hang

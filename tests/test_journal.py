@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from edge_agent.agent import Attempt, Result
-from edge_agent.calls import ToolCall, parse_output
+from edge_agent.decoding.calls import ToolCall, parse_output
 from edge_agent.engine.base import Generation, Timings, TokenScore
 from edge_agent.errors import EdgeAgentError, InputError, JournalError, StateConflictError
-from edge_agent.journal import (
+from edge_agent.records.journal import (
     SCHEMA_VERSION,
     AttemptRecord,
     Energy,
@@ -30,7 +30,7 @@ from edge_agent.journal import (
     default_path,
     percentile,
 )
-from edge_agent.verify import Verdict
+from edge_agent.toolbox.verify import Verdict
 from tests.conftest import REPO
 
 PAYLOAD = {"messages": [{"role": "user", "content": "Turn on the kitchen light"}], "tools": []}
@@ -293,7 +293,7 @@ def test_an_executing_request_that_had_not_acted_runs_again(journal: Journal) ->
     """The daemon's rule (``_safe_to_retry``): a request allowed to run tools
     is run again after a kill unless a tool that may change something had
     started for it, which ``acting`` records before the tool runs."""
-    from edge_agent.daemon import _safe_to_retry
+    from edge_agent.runtime.daemon import _safe_to_retry
 
     executing = {**PAYLOAD, "options": {"execute": True}}
     before, after = (journal.accept(executing, source="api").id for _ in range(2))
@@ -326,7 +326,7 @@ def test_unfinished_is_most_urgent_first(db_path: Path) -> None:
 CHILD_PRELUDE = """
 import sys, time
 from pathlib import Path
-from edge_agent.journal import AttemptRecord, Journal
+from edge_agent.records.journal import AttemptRecord, Journal
 j = Journal(Path(sys.argv[1]))
 """
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.budget import Windows
 from edge_agent.errors import JournalError
-from edge_agent.journal import _MIGRATIONS, APPLICATION_ID, SCHEMA_VERSION, Journal
-from edge_agent.ledger import SqliteLedger
+from edge_agent.records.journal import _MIGRATIONS, APPLICATION_ID, SCHEMA_VERSION, Journal
+from edge_agent.routing.budget import Windows
+from edge_agent.routing.ledger import SqliteLedger
 
-# budget_ledger exactly as edge_agent/ledger.py created it before version 2.
+# budget_ledger exactly as edge_agent/routing/ledger.py created it before version 2.
 OLD_LEDGER_TABLE = """CREATE TABLE IF NOT EXISTS budget_ledger (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,

@@ -14,7 +14,7 @@ from edge_agent.config import EdgeAgentConfig
 from edge_agent.engine.base import Engine
 from edge_agent.engine.llama import LlamaEngine
 from edge_agent.ladder import Ladder, Tier
-from edge_agent.registry import Registry
+from edge_agent.toolbox.registry import Registry
 from tests.conftest import TEST_THREADS
 from tests.fakes import ScriptedEngine
 

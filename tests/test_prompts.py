@@ -7,9 +7,7 @@ import json
 
 import pytest
 
-from edge_agent.engine.llama import LlamaEngine
-from edge_agent.errors import EdgeAgentError, InputError
-from edge_agent.prompts import (
+from edge_agent.decoding.prompts import (
     NO_TOOL_HINT,
     build_prompt,
     repair_message,
@@ -18,7 +16,9 @@ from edge_agent.prompts import (
     tool_result_message,
     user_message,
 )
-from edge_agent.schema import normalize_tools
+from edge_agent.decoding.schema import normalize_tools
+from edge_agent.engine.llama import LlamaEngine
+from edge_agent.errors import EdgeAgentError, InputError
 
 TOOLS = normalize_tools(
     [

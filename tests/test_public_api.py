@@ -60,8 +60,9 @@ def test_import_edge_agent_loads_no_heavy_dependency() -> None:
 
 def test_the_pure_core_loads_no_heavy_dependency() -> None:
     statement = (
-        "import edge_agent.schema, edge_agent.grammar, edge_agent.calls, "
-        "edge_agent.verify, edge_agent.config, edge_agent.prompts, edge_agent.registry"
+        "import edge_agent.decoding.schema, edge_agent.decoding.grammar, "
+        "edge_agent.decoding.calls, edge_agent.decoding.prompts, edge_agent.config, "
+        "edge_agent.toolbox.verify, edge_agent.toolbox.registry"
     )
     assert imported_after(statement) == []
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from edge_agent.agent import Agent
-from edge_agent.registry import Registry, Tool
+from edge_agent.toolbox.registry import Registry, Tool
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from typing import Any
 import jsonschema
 import pytest
 
+from edge_agent.decoding.schema import ToolSpec, normalize_tool, normalize_tools, schema_hash
 from edge_agent.errors import EdgeAgentError, SchemaError, UnsupportedSchemaError
-from edge_agent.schema import ToolSpec, normalize_tool, normalize_tools, schema_hash
 
 SET_LIGHT_PARAMS: dict[str, Any] = {
     "type": "object",
@@ -463,7 +463,7 @@ def test_schema_hash_is_the_same_in_another_process() -> None:
     """Grammar files on disk are keyed by this hash, so it must not depend on
     per-process state such as string hash randomisation."""
     code = (
-        "import json, sys; from edge_agent.schema import normalize_tool; "
+        "import json, sys; from edge_agent.decoding.schema import normalize_tool; "
         "print(normalize_tool(json.loads(sys.argv[1])).schema_hash)"
     )
     definition = json.dumps(tool_def(SET_LIGHT_PARAMS, name="set_light"))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from edge_agent.calls import ToolCall
-from edge_agent.registry import Registry
-from edge_agent.sentences import said, with_unit
+from edge_agent.decoding.calls import ToolCall
+from edge_agent.toolbox.registry import Registry
+from edge_agent.toolbox.sentences import said, with_unit
 
 
 def _builtin() -> Registry:

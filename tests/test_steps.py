@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from edge_agent.agent import Agent, depends_on_result
-from edge_agent.registry import Registry
 from edge_agent.sandbox import ProcessSandbox
+from edge_agent.toolbox.registry import Registry
 from tests.fakes import ScriptedEngine
 
 READ = (

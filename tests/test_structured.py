@@ -13,12 +13,12 @@ import math
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
+from edge_agent.decoding.grammar import build_value_grammar, lark_grammar
+from edge_agent.decoding.prompts import build_prompt
 from edge_agent.engine.guided import GuidedLlamaEngine
 from edge_agent.engine.llama import LlamaEngine
 from edge_agent.engine.text_stream import TextOptions
 from edge_agent.errors import SchemaError
-from edge_agent.grammar import build_value_grammar, lark_grammar
-from edge_agent.prompts import build_prompt
 from edge_agent.structured import answer_json, check_value, response_schema
 
 EVENT = {
@@ -130,8 +130,8 @@ def test_text_options_stream_stop_and_score_a_text_answer(qwen: LlamaEngine) -> 
 
 @pytest.mark.model
 def test_a_tool_call_is_never_streamed_as_text(qwen: LlamaEngine) -> None:
-    from edge_agent.grammar import GrammarOptions, build_grammar
-    from edge_agent.schema import normalize_tools
+    from edge_agent.decoding.grammar import GrammarOptions, build_grammar
+    from edge_agent.decoding.schema import normalize_tools
 
     tools = normalize_tools([{"type": "function", "function": {"name": "set_light",
         "parameters": {"type": "object", "properties": {"on": {"type": "boolean"}},

@@ -15,15 +15,15 @@ from pydantic import AfterValidator
 
 from edge_agent import cli
 from edge_agent.agent import Agent, Attempt, Result
-from edge_agent.calls import parse_output
 from edge_agent.cli import traces as traces_cli
+from edge_agent.decoding.calls import parse_output
+from edge_agent.decoding.prompts import user_message
+from edge_agent.decoding.schema import normalize_tool
 from edge_agent.engine.base import Generation, Timings, TokenScore
 from edge_agent.errors import InputError
-from edge_agent.journal import AttemptRecord, Journal, attempt_records, request_payload
-from edge_agent.prompts import user_message
-from edge_agent.registry import Registry, ToolPolicy, tool_from_function
-from edge_agent.schema import normalize_tool
-from edge_agent.verify import Verdict, verify_output
+from edge_agent.records.journal import AttemptRecord, Journal, attempt_records, request_payload
+from edge_agent.toolbox.registry import Registry, ToolPolicy, tool_from_function
+from edge_agent.toolbox.verify import Verdict, verify_output
 
 
 def wrap(body: str) -> str:
@@ -85,7 +85,7 @@ def journaled(
 def export(journal: Journal, **options: Any) -> list[dict[str, Any]]:
     from io import StringIO
 
-    from edge_agent.traces import export_traces
+    from edge_agent.runtime.traces import export_traces
 
     out = StringIO()
     summary = export_traces(journal, out, **options)
@@ -209,7 +209,7 @@ def test_since_selects_by_intake_time(journal: Journal) -> None:
     early = journaled(journal, failing)
     journal._clock.now += 86_400  # type: ignore[attr-defined]
     late = journaled(journal, failing)
-    from edge_agent.traces import parse_since
+    from edge_agent.runtime.traces import parse_since
 
     assert [line["id"] for line in export(journal)] == [early, late]
     assert early not in [line["id"] for line in export(journal, since=parse_since("2025-06-02"))]
@@ -233,13 +233,13 @@ def test_export_pages_through_many_requests(journal: Journal) -> None:
     ],
 )
 def test_parse_since(text: str, expected: float) -> None:
-    from edge_agent.traces import parse_since
+    from edge_agent.runtime.traces import parse_since
 
     assert parse_since(text) == expected
 
 
 def test_parse_since_refuses_nonsense() -> None:
-    from edge_agent.traces import parse_since
+    from edge_agent.runtime.traces import parse_since
 
     with pytest.raises(InputError, match="ISO 8601"):
         parse_since("last tuesday")

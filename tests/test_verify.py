@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from edge_agent.calls import ParsedOutput, ToolCall, parse_output
-from edge_agent.registry import Registry, Tool
-from edge_agent.schema import ToolSpec, normalize_tool
-from edge_agent.verify import Verdict, schema_problem, verify_call, verify_output
+from edge_agent.decoding.calls import ParsedOutput, ToolCall, parse_output
+from edge_agent.decoding.schema import ToolSpec, normalize_tool
+from edge_agent.toolbox.registry import Registry, Tool
+from edge_agent.toolbox.verify import Verdict, schema_problem, verify_call, verify_output
 
 TOOLS_MODULE = """
 from typing import Annotated, Literal

@@ -109,7 +109,7 @@ def _run_installed(
 _WHERE = """
 import json, sys
 import edge_agent
-from edge_agent.registry import Registry
+from edge_agent.toolbox.registry import Registry
 from edge_agent.resources import data_path
 print(json.dumps({
     "package": edge_agent.__file__,

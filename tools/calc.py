@@ -16,7 +16,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from edge_agent.registry import tool
+from edge_agent import tool
 
 Number = int | float
 

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field
 
-from edge_agent.registry import tool
+from edge_agent import tool
 
 DateText = Annotated[str, Field(description="YYYY-MM-DD or 'today'")]
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from edge_agent.registry import load_module, tool
-from edge_agent.sentences import place, with_unit
+from edge_agent.toolbox.registry import load_module, tool
+from edge_agent.toolbox.sentences import place, with_unit
 
 if TYPE_CHECKING:
     from _devices import DeviceBackend, default_backend

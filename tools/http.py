@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from edge_agent.registry import tool
+from edge_agent import tool
 
 ALLOWLIST_ENV = "EDGE_AGENT_HTTP_ALLOWLIST"
 MAX_BYTES = 256 * 1024

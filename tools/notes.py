@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from edge_agent.registry import tool
+from edge_agent import tool
 
 NOTES_ENV = "EDGE_AGENT_NOTES_DIR"
 DEFAULT_NOTES_DIR = "~/.local/share/edge-agent/notes"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, get_args
 
-from edge_agent.registry import tool
+from edge_agent import tool
 
 Unit = Literal[
     "mm", "cm", "m", "km", "in", "ft", "yd", "mi",

@@ -29,7 +29,7 @@ Metric definitions (design brief, section 3; the names never change):
   items, the share the SLM's own answer would have got wrong; of the SLM's
   wrong answers, the share offloaded.
 
-Modes ``llm`` and ``cascade`` go through the :class:`~edge_agent.router.Router`
+Modes ``llm`` and ``cascade`` go through the :class:`~edge_agent.routing.router.Router`
 with a real endpoint (see :func:`routed_solver`); the cloud's cost is its
 token price, the device's is the energy it spent waiting and deciding.
 """
@@ -50,17 +50,17 @@ import numpy as np
 from edge_agent.agent import Agent
 from edge_agent.bench.bfcl_check import Call, check_item, is_relevance_category
 from edge_agent.bench.bfcl_data import BfclItem, category_from_filename, decode_calls, load_items
-from edge_agent.calls import ParsedOutput
-from edge_agent.confidence import ConfidenceModel, features_from_result
 from edge_agent.config import AgentSettings, RouterSettings
+from edge_agent.decoding.calls import ParsedOutput
+from edge_agent.decoding.prompts import Message
+from edge_agent.decoding.schema import ToolSpec, normalize_tools
 from edge_agent.engine.base import Engine
 from edge_agent.errors import BenchError, InputError, SchemaError
 from edge_agent.ladder import Ladder
 from edge_agent.power import EnergySample, PowerProbe, best_probe, cpu_model_name
-from edge_agent.prompts import Message
-from edge_agent.router import Cloud, Mode, RoutedResult, Router, cascade_agent_settings
-from edge_agent.run import Attempt, Result
-from edge_agent.schema import ToolSpec, normalize_tools
+from edge_agent.records.run import Attempt, Result
+from edge_agent.routing.confidence import ConfidenceModel, features_from_result
+from edge_agent.routing.router import Cloud, Mode, RoutedResult, Router, cascade_agent_settings
 
 CATEGORIES = frozenset(
     {

@@ -1,7 +1,7 @@
 """The cloud side of the routed benchmark modes: an endpoint to call, and a
 local stand-in for one.
 
-``routed_solver_for`` builds the same :class:`~edge_agent.router.Router` a
+``routed_solver_for`` builds the same :class:`~edge_agent.routing.router.Router` a
 user runs, over HTTPS, with a budget that prices every call but never refuses
 one: a benchmark measures cost, it does not cap it.
 
@@ -30,7 +30,7 @@ from edge_agent.errors import BenchError
 
 if TYPE_CHECKING:
     from edge_agent.bench.bfcl_run import SolverFactory
-    from edge_agent.router import Mode
+    from edge_agent.routing.router import Mode
 
 START_TIMEOUT_S = 300.0
 DEFAULT_PRICE = (0.15, 0.60)
@@ -58,12 +58,12 @@ def routed_solver_for(  # noqa: PLR0913 - keyword-only options
     confidence: Path | None = None,
 ) -> SolverFactory:
     from edge_agent.bench.bfcl_run import routed_solver
-    from edge_agent.budget import Budget, BudgetSettings, MemoryLedger, ModelPrice
-    from edge_agent.confidence import load_confidence
     from edge_agent.config import RouterSettings
-    from edge_agent.offload.https import HttpsTransport
-    from edge_agent.offload.settings import HttpsOffloadSettings
-    from edge_agent.router import cloud_for
+    from edge_agent.routing.budget import Budget, BudgetSettings, MemoryLedger, ModelPrice
+    from edge_agent.routing.confidence import load_confidence
+    from edge_agent.routing.offload.https import HttpsTransport
+    from edge_agent.routing.offload.settings import HttpsOffloadSettings
+    from edge_agent.routing.router import cloud_for
 
     # A benchmark waits for slow answers rather than scoring a timeout.
     fields: dict[str, object] = {"base_url": endpoint.url, "read_timeout_s": 600}

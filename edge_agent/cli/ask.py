@@ -11,12 +11,12 @@ from typing import Any
 
 from edge_agent.agent import Agent
 from edge_agent.assemble import Assembly, stderr_status
-from edge_agent.calls import ToolCall
 from edge_agent.cli.endpoint import add_endpoint_flags
 from edge_agent.config import EdgeAgentConfig
+from edge_agent.decoding.calls import ToolCall
 from edge_agent.errors import EngineError, InputError
-from edge_agent.registry import Tool
-from edge_agent.run import Result
+from edge_agent.records.run import Result
+from edge_agent.toolbox.registry import Tool
 
 
 def register(subparsers: Any) -> None:
@@ -109,7 +109,7 @@ def _routed(
     with parts.journal() as journal:
         transport = None
         if https is not None:
-            from edge_agent.offload.https import HttpsTransport
+            from edge_agent.routing.offload.https import HttpsTransport
 
             transport = HttpsTransport(https)
         router = parts.router(agent, journal, parts.cloud(journal, transport))
@@ -137,7 +137,7 @@ def _https_settings(args: argparse.Namespace, config: EdgeAgentConfig) -> Any:
     base = config.offload.https
     if args.llm_url is None:
         return base
-    from edge_agent.offload.settings import HttpsOffloadSettings
+    from edge_agent.routing.offload.settings import HttpsOffloadSettings
 
     fields: dict[str, Any] = base.model_dump() if base is not None else {}
     fields["base_url"] = args.llm_url

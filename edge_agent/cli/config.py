@@ -41,8 +41,8 @@ def register(subparsers: Any) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from edge_agent.api import resolve_token
     from edge_agent.config import load_config
+    from edge_agent.runtime.api import resolve_token
 
     config = load_config(args.file)
     resolve_token(config.server)  # a non-loopback bind needs a token, a token file 0600

@@ -102,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(device: SimulatedDevice, args: argparse.Namespace) -> Any:
     if args.mqtt:
-        device.serve_mqtt(_broker(args))
+        from edge_agent.iot.mqtt_link import DeviceMqttLink
+
+        device.serve_link(DeviceMqttLink(_broker(args), device.id))
         return None
     from firmware_bridge.serial_link import PtyPair, SerialStream
 
@@ -121,7 +123,7 @@ def _serve(device: SimulatedDevice, args: argparse.Namespace) -> Any:
 def _broker(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
-    from edge_agent.offload.mqtt import BrokerSettings
+    from edge_agent.routing.offload.mqtt import BrokerSettings
 
     host, _, port = str(args.mqtt).rpartition(":")
     if not host or not port.isdigit():

@@ -13,7 +13,7 @@ from edge_agent.assemble import Assembly
 from edge_agent.errors import ConfigError
 
 if TYPE_CHECKING:
-    from edge_agent.mcp_server import McpGateway
+    from edge_agent.runtime.mcp_server import McpGateway
 
 TOKEN_ENV = "EDGE_AGENT_MCP_TOKEN"  # noqa: S105 - a variable name, not a secret
 
@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.http:
             _serve_http(parts, gateway)
         else:
-            from edge_agent.mcp_server import serve_stdio
+            from edge_agent.runtime.mcp_server import serve_stdio
 
             anyio.run(serve_stdio, gateway)
     return 0
@@ -51,7 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _gateway(parts: Assembly, dirs: list[Path]) -> Iterator[McpGateway]:
-    from edge_agent.mcp_server import McpGateway, start_bridge
+    from edge_agent.runtime.mcp_server import McpGateway, start_bridge
 
     registry = parts.registry(dirs=dirs)
     with parts.journal() as journal:
@@ -70,7 +70,7 @@ def _gateway(parts: Assembly, dirs: list[Path]) -> Iterator[McpGateway]:
 def _serve_http(parts: Assembly, gateway: McpGateway) -> None:
     import uvicorn
 
-    from edge_agent.mcp_server import http_app
+    from edge_agent.runtime.mcp_server import http_app
 
     serve = parts.config.mcp.serve
     token = _token(serve.token_file)

@@ -1,6 +1,6 @@
 """`edge-agent cloud-bridge`: the server-side MQTT → LLM bridge.
 
-Flags map one to one onto :class:`~edge_agent.offload.bridge.CloudBridgeSettings`
+Flags map one to one onto :class:`~edge_agent.routing.offload.bridge.CloudBridgeSettings`
 (their help is the field's description); the bridge runs until SIGTERM or
 Ctrl-C, then finishes the requests in hand and disconnects.
 """
@@ -21,12 +21,12 @@ from edge_agent.cli.endpoint import add_endpoint_flags
 from edge_agent.errors import ConfigError
 
 if TYPE_CHECKING:
-    from edge_agent.offload.bridge import CloudBridgeSettings
+    from edge_agent.routing.offload.bridge import CloudBridgeSettings
 
 
 def register(subparsers: Any) -> None:
-    from edge_agent.offload.bridge import CloudBridgeSettings
-    from edge_agent.offload.https import HttpsOffloadSettings
+    from edge_agent.routing.offload.bridge import CloudBridgeSettings
+    from edge_agent.routing.offload.https import HttpsOffloadSettings
 
     fields = CloudBridgeSettings.model_fields
     endpoint = HttpsOffloadSettings.model_fields
@@ -71,7 +71,7 @@ def register(subparsers: Any) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> CloudBridgeSettings:
     """The validated :class:`CloudBridgeSettings` the flags describe."""
-    from edge_agent.offload.bridge import CloudBridgeSettings
+    from edge_agent.routing.offload.bridge import CloudBridgeSettings
 
     base = _read_toml(args.config) if args.config else {}
     host, port = _host_port(args.broker) if args.broker else (None, None)
@@ -132,7 +132,7 @@ def _host_port(value: str) -> tuple[str, int]:
 
 
 def _cloud_bridge(args: argparse.Namespace) -> int:
-    from edge_agent.offload.bridge import CloudBridge
+    from edge_agent.routing.offload.bridge import CloudBridge
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
     settings = settings_from_args(args)

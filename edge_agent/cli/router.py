@@ -7,7 +7,7 @@ ONNX graph instead, which needs the ``onnx`` extra.
 Examples come from benchmark reports (``bench bfcl --json``: per-item
 features and whether the item was correct) and/or from a journal (offloaded
 requests, the cloud model as the teacher; see
-:func:`edge_agent.confidence.example_from_routed`). The fit is an
+:func:`edge_agent.routing.confidence.example_from_routed`). The fit is an
 L2-regularised logistic regression; the summary shows its in-sample
 calibration and, per threshold τ, how many answers would stay local and how
 many of those were right.
@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
 def run_calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from edge_agent.confidence import calibration, fit_logistic, logistic_onnx
+    from edge_agent.routing.confidence import calibration, fit_logistic, logistic_onnx
 
     rows, labels = _examples(args.from_bench, args.from_journal)
     x, y = np.asarray(rows, dtype=np.float64), np.asarray(labels, dtype=np.float64)
@@ -89,7 +89,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def _examples(benches: list[Path], journal: Path | None) -> tuple[list[list[float]], list[int]]:
-    from edge_agent.confidence import example_from_routed, example_from_shadow, examples_from_bench
+    from edge_agent.routing.confidence import (
+        example_from_routed,
+        example_from_shadow,
+        examples_from_bench,
+    )
 
     if not benches and journal is None:
         raise BenchError(
@@ -131,7 +135,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _journal_results(path: Path) -> list[dict[str, Any]]:
-    from edge_agent.journal import Journal
+    from edge_agent.records.journal import Journal
 
     with Journal(path, create=False) as journal:
         rows = journal.recent(limit=1_000_000)

@@ -26,8 +26,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_agent import api, daemon
     from edge_agent.config import EdgeAgentConfig, load_config
+    from edge_agent.runtime import api, daemon
 
     server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     overrides: dict[str, Any] = {"server": server} if server else {}

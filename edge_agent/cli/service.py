@@ -8,7 +8,7 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    from edge_agent.service import CONFIG_PATH, MODELS_DIR, SERVICE
+    from edge_agent.runtime.service import CONFIG_PATH, MODELS_DIR, SERVICE
 
     parser = subparsers.add_parser("service", help="install the systemd service")
     sub = parser.add_subparsers(dest="service_command", metavar="ACTION", required=True)
@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from edge_agent.service import UnitOptions, install, render_unit
+    from edge_agent.runtime.service import UnitOptions, install, render_unit
 
     if args.user == "root":
         from edge_agent.errors import InputError

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from edge_agent.assemble import Assembly
 from edge_agent.errors import InputError, ToolError
-from edge_agent.registry import Registry, validate_args
+from edge_agent.toolbox.registry import Registry, validate_args
 
 
 def register(subparsers: Any) -> None:

@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import InputError
-from edge_agent.journal import Journal, default_path
-from edge_agent.traces import Exported, export_traces, parse_since
+from edge_agent.records.journal import Journal, default_path
+from edge_agent.runtime.traces import Exported, export_traces, parse_since
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("traces", help="fine-tuning traces from the journal")
     commands = parser.add_subparsers(dest="traces_command", metavar="COMMAND", required=True)
     export = commands.add_parser(
-        "export", help="requests whose first output was rejected, as JSONL (see edge_agent.traces)"
+        "export",
+        help="requests whose first output was rejected, as JSONL (see edge_agent.runtime.traces)",
     )
     export.add_argument(
         "--journal", type=Path, metavar="PATH", help="journal file (default: state dir)"

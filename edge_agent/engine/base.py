@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from edge_agent.grammar import Grammar
+from edge_agent.decoding.grammar import Grammar
 
 FinishReason = Literal["stop", "length"]
 EngineKind = Literal["gbnf", "llguidance"]

@@ -4,7 +4,7 @@
 on the same loaded ``llama_cpp.Llama`` as :class:`~edge_agent.engine.llama.LlamaEngine`,
 but runs its own decode loop instead of llama.cpp's GBNF sampler:
 
-* **Masks.** :mod:`edge_agent.grammar` writes each tool grammar in
+* **Masks.** :mod:`edge_agent.decoding.grammar` writes each tool grammar in
   llguidance's Lark as well as in GBNF: the same rules, except that numeric
   ranges, ``pattern`` and ``format`` become ``%json`` leaves compiled by
   llguidance's JSON-schema compiler, so they hold while decoding. Tool-call
@@ -58,7 +58,7 @@ a confidence model can skip them rather than read them as certainty.
 ``score_forced=True`` is for callers that want the model's own opinion of
 the forced text too; it computes their real unconstrained log-probabilities
 from the same batch, at the price of those rows and of one extra batch when
-a call ends on forced tokens. :func:`~edge_agent.engine.llama.load_engine`
+a call ends on forced tokens. :func:`~edge_agent.engine.load_engine`
 turns it on: the shipped confidence model was fitted on GBNF runs, where
 every token is scored, and the measured cost was within noise.
 
@@ -87,12 +87,12 @@ import llguidance
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.calls import CALL_CLOSE, CALL_OPEN
+from edge_agent.decoding.calls import CALL_CLOSE, CALL_OPEN
+from edge_agent.decoding.grammar import Grammar, lark_grammar
 from edge_agent.engine.base import FinishReason, Generation, Timings, TokenScore
 from edge_agent.engine.prefix_cache import reuse_prefix, truncate
 from edge_agent.engine.text_stream import NO_TEXT_OPTIONS, TextOptions, TextStream
 from edge_agent.errors import EngineError, InputError, UnsupportedSchemaError
-from edge_agent.grammar import Grammar, lark_grammar
 
 if TYPE_CHECKING:
     from edge_agent.engine.llama import LlamaEngine

@@ -29,9 +29,9 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.decoding.prompts import Message, build_prompt, user_message
+from edge_agent.decoding.schema import ToolSpec, schema_hash
 from edge_agent.errors import EngineError
-from edge_agent.prompts import Message, build_prompt, user_message
-from edge_agent.schema import ToolSpec, schema_hash
 
 PrefixSource = Literal["memory", "disk", "computed"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from edge_agent.registry import Tool
+    from edge_agent.toolbox.registry import Tool
 
 KilledBy = Literal["timeout", "cpu", "memory", "output", "signal"]
 

@@ -35,8 +35,8 @@ from typing import Any, NoReturn, TypedDict
 
 from pydantic import BaseModel
 
-from edge_agent import registry
 from edge_agent.sandbox import landlock, seccomp
+from edge_agent.toolbox import registry
 
 MARKER = "edge-agent-sandbox"
 READY = b"R"

@@ -44,7 +44,6 @@ from typing import Any
 import psutil
 
 from edge_agent.errors import SandboxError
-from edge_agent.registry import Tool
 from edge_agent.sandbox import bwrap, child, seccomp
 from edge_agent.sandbox.base import KilledBy, SandboxLimits, SandboxResult
 from edge_agent.sandbox.cgroup import CallCgroup
@@ -57,6 +56,7 @@ from edge_agent.sandbox.probe import (
     present,
     python_paths,
 )
+from edge_agent.toolbox.registry import Tool
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 STARTUP_S = 30.0  # python start-up under load; not part of the tool's timeout

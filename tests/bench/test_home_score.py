@@ -12,7 +12,7 @@ import pytest
 
 from edge_agent.bench.home_score import call_mismatch, score, value_matches
 from edge_agent.errors import BenchError
-from edge_agent.registry import Registry
+from edge_agent.toolbox.registry import Registry
 
 DATA = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "home_requests.json"
 KINDS = {"single", "multi", "none", "negation", "indirect", "units"}

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.crashes import CrashTrace
+from edge_agent.runtime.crashes import CrashTrace
 
 CHILD = textwrap.dedent(
     """
     import faulthandler, os, signal, sys, time
     from pathlib import Path
-    from edge_agent.crashes import CrashTrace
+    from edge_agent.runtime.crashes import CrashTrace
     CrashTrace(Path(sys.argv[1])).arm()
     how = sys.argv[2]
     if how == "abort":

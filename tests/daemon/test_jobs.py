@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from edge_agent.jobs import Job, JobOptions
+from edge_agent.records.jobs import Job, JobOptions
 
 
 def test_options_round_trip_through_the_journal_spelling() -> None:

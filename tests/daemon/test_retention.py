@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from edge_agent.config import EdgeAgentConfig
-from edge_agent.daemon import Daemon, Live
-from edge_agent.journal import Journal
-from edge_agent.registry import Registry
+from edge_agent.records.journal import Journal
+from edge_agent.runtime.daemon import Daemon, Live
+from edge_agent.toolbox.registry import Registry
 from tests.fakes import ScriptedEngine
 
 DAY = 86_400.0

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from edge_agent.models import entry_for, models_dir
-from edge_agent.service import UnitOptions, install, render_unit
+from edge_agent.runtime.service import UnitOptions, install, render_unit
 from tests.conftest import run_cli
 from tests.daemon.conftest import SMOL, DaemonProcess, chat_body, free_port
 from tests.sandbox.conftest import Runner, _nobody_runner

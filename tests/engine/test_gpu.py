@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from edge_agent.config import ModelSettings
+from edge_agent.engine import load_engine
 from edge_agent.engine.gpu import describe_gpu_offload, gpu_offload_supported
-from edge_agent.engine.llama import load_engine
 from tests.conftest import TEST_THREADS, run_cli
 
 ALL_LAYERS = 0x7FFFFFFF  # what llama-cpp-python passes to llama.cpp for -1

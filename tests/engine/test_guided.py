@@ -16,9 +16,12 @@ import llguidance
 import pytest
 
 from edge_agent.agent import Agent, system_for
-from edge_agent.calls import CALL_CLOSE, CALL_OPEN, parse_output
 from edge_agent.config import AgentSettings, EdgeAgentConfig
-from edge_agent.daemon import build_registry
+from edge_agent.decoding.calls import CALL_CLOSE, CALL_OPEN, parse_output
+from edge_agent.decoding.grammar import GrammarOptions, build_grammar, lark_grammar
+from edge_agent.decoding.prompts import build_prompt, user_message
+from edge_agent.decoding.schema import ToolSpec, normalize_tools
+from edge_agent.decoding.tool_select import ToolIndex, select_tools, terms
 from edge_agent.engine.guided import (
     DecodeStats,
     GuidedGeneration,
@@ -27,12 +30,9 @@ from edge_agent.engine.guided import (
 )
 from edge_agent.engine.llama import LlamaEngine
 from edge_agent.engine.prefix_cache import PrefixCache, common_prefix_len, stable_prefix
-from edge_agent.grammar import GrammarOptions, build_grammar, lark_grammar
 from edge_agent.models import resolve_model
-from edge_agent.prompts import build_prompt, user_message
-from edge_agent.schema import ToolSpec, normalize_tools
-from edge_agent.tool_select import ToolIndex, select_tools, terms
-from edge_agent.verify import verify_output
+from edge_agent.runtime.daemon import build_registry
+from edge_agent.toolbox.verify import verify_output
 from tests.conftest import DATA, REPO, TEST_THREADS
 
 HOME8 = json.loads((REPO / "benchmarks" / "data" / "home8.json").read_text())

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.calls import parse_output
 from edge_agent.config import load_config
+from edge_agent.decoding.calls import parse_output
+from edge_agent.decoding.grammar import GrammarOptions, build_grammar
+from edge_agent.decoding.prompts import build_prompt, user_message
+from edge_agent.decoding.schema import normalize_tools
+from edge_agent.engine import load_engine
 from edge_agent.engine.guided import GuidedGeneration, GuidedLlamaEngine
-from edge_agent.engine.llama import LlamaEngine, load_engine
+from edge_agent.engine.llama import LlamaEngine
 from edge_agent.errors import ConfigError
-from edge_agent.grammar import GrammarOptions, build_grammar
 from edge_agent.models import resolve_model
-from edge_agent.prompts import build_prompt, user_message
-from edge_agent.schema import normalize_tools
-from edge_agent.verify import verify_output
+from edge_agent.toolbox.verify import verify_output
 from tests.conftest import DATA, REPO, TEST_THREADS, run_cli
 
 HOME_TOOLS = normalize_tools(

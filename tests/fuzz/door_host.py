@@ -2,8 +2,8 @@
 ``python -m tests.fuzz.door_host SETTINGS_JSON``).
 
 It runs the daemon's own input parts and nothing else (no model): an
-:class:`~edge_agent.automation.AutomationEngine` subscribed to the sensor
-topics on a real broker, and a :class:`~firmware_bridge.bridge.Bridge` with
+:class:`~edge_agent.iot.automation.AutomationEngine` subscribed to the sensor
+topics on a real broker, and a :class:`~edge_agent.iot.bridge.Bridge` with
 a :class:`~firmware_bridge.serial_link.SerialLink` on a pty, its device
 events feeding the engine. It answers ``stats`` on stdin with one JSON line
 of both parts' counters, and exits on ``quit`` or end of input, so the test
@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import sys
 
-from edge_agent.automation import AutomationEngine
-from edge_agent.automation_settings import AutomationSettings
-from firmware_bridge.bridge import Bridge
+from edge_agent.iot.automation import AutomationEngine
+from edge_agent.iot.automation_settings import AutomationSettings
+from edge_agent.iot.bridge import Bridge
 from firmware_bridge.serial_link import SerialLink
 
 

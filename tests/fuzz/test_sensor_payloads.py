@@ -1,5 +1,5 @@
 """Door: MQTT sensor payloads, parsed in process
-(``edge_agent.automation.parse_payload``; the live broker path is in
+(``edge_agent.iot.automation.parse_payload``; the live broker path is in
 ``test_live_doors.py``).
 
 Every payload must come back as a :class:`SensorEvent` or a reason string
@@ -12,8 +12,8 @@ import json
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from edge_agent.automation import SensorEvent, parse_payload
-from edge_agent.automation_settings import SensorTopic
+from edge_agent.iot.automation import SensorEvent, parse_payload
+from edge_agent.iot.automation_settings import SensorTopic
 from tests.fuzz.conftest import FUZZ, Door
 from tests.fuzz.strategies import DEEP_JSON, JSON_VALUES, NASTY_TEXT, mutated
 

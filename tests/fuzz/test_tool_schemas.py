@@ -20,10 +20,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from edge_agent.decoding.grammar import build_grammar, lark_grammar
+from edge_agent.decoding.schema import normalize_tools
 from edge_agent.errors import SchemaError, ToolDefinitionError
-from edge_agent.grammar import build_grammar, lark_grammar
-from edge_agent.registry import tools_from_json_file, tools_from_module
-from edge_agent.schema import normalize_tools
+from edge_agent.toolbox.registry import tools_from_json_file, tools_from_module
 from tests.fuzz.conftest import FUZZ, Door
 from tests.fuzz.strategies import JSON_VALUES, NASTY_TEXT
 

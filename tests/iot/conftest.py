@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.offload.mqtt import BrokerSettings
-from firmware_bridge.bridge import Bridge, BridgeSettings, ConfirmRequest
+from edge_agent.iot.bridge import Bridge, BridgeSettings, ConfirmRequest
+from edge_agent.routing.offload.mqtt import BrokerSettings
 from firmware_bridge.serial_link import PtyPair, SerialLink
 from firmware_bridge.simulator import Faults, SimulatedDevice
 from tests.offload.conftest import PREFIX, Broker, Pki, RawClient, write_secret

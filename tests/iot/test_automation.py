@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from edge_agent.automation import (
+from edge_agent.iot.automation import (
     AgentRequest,
     AskAgent,
     AutomationEngine,
@@ -31,8 +31,8 @@ from edge_agent.automation import (
     build_messages,
     parse_payload,
 )
-from firmware_bridge.bridge import Bridge
-from firmware_bridge.mqtt_link import MqttLink
+from edge_agent.iot.bridge import Bridge
+from edge_agent.iot.mqtt_link import DeviceMqttLink, MqttLink
 from firmware_bridge.serial_link import PtyPair, SerialLink
 from firmware_bridge.simulator import SimulatedDevice
 from tests.iot.conftest import NODE, IotBroker, SerialRig, wait_until
@@ -343,7 +343,7 @@ def test_home_assistant_discovery_and_availability(
         engine.start()
         bridge.subscribe(engine.on_device_event)
         bridge.attach(MqttLink(iot_broker.settings("agent")))
-        sim.serve_mqtt(iot_broker.settings("sim1"))
+        sim.serve_link(DeviceMqttLink(iot_broker.settings("sim1"), sim.id))
         assert bridge.wait_for_device("sim1", 10)
         sim.emit("temperature", 22.5)
         lock_config = f"homeassistant/lock/{NODE}/sim1_lock/config"
@@ -400,11 +400,11 @@ def test_reading_to_rule_to_agent_to_device_and_back_over_mqtt_and_pty(
     the device over MQTT (sim1) and over a pty (sim2); the device acks, the
     state updates, and the journal and the audit log hold the chain."""
     from edge_agent.agent import Agent
-    from edge_agent.automation import LocalAgentRunner
     from edge_agent.config import AgentSettings
-    from edge_agent.journal import Journal
-    from edge_agent.registry import Registry
-    from firmware_bridge.bridge import HostRunner
+    from edge_agent.iot.automation import LocalAgentRunner
+    from edge_agent.iot.bridge import HostRunner
+    from edge_agent.records.journal import Journal
+    from edge_agent.toolbox.registry import Registry
 
     rules = [
         Rule(name=f"hot-{dev}", sensor=f"{dev}/temperature", when=Threshold(above=28),
@@ -437,7 +437,7 @@ def test_reading_to_rule_to_agent_to_device_and_back_over_mqtt_and_pty(
         bridge.attach(SerialLink(pty.path))
         try:
             with engine:
-                sim1.serve_mqtt(iot_broker.settings("sim1"))
+                sim1.serve_link(DeviceMqttLink(iot_broker.settings("sim1"), sim1.id))
                 sim2.serve_serial(pty.device_stream())
                 assert bridge.wait_for_device("sim1", 10) and bridge.wait_for_device("sim2", 10)
                 sim1.emit("temperature", 29.5)

@@ -22,7 +22,8 @@ import psutil
 import pytest
 
 from edge_agent.config import load_config
-from firmware_bridge.bridge import Bridge
+from edge_agent.iot.bridge import Bridge
+from edge_agent.iot.mqtt_link import DeviceMqttLink
 from firmware_bridge.protocol import Reading
 from firmware_bridge.serial_link import PtyPair, SerialLink
 from firmware_bridge.simulator import Faults, SimulatedDevice
@@ -145,9 +146,9 @@ def test_daemon_runs_rules_to_devices_over_mqtt_and_pty_and_survives_bad_input(
     sim1, sim2 = SimulatedDevice("sim1"), SimulatedDevice("sim2")
     absurd = SimulatedDevice("bad1", faults=Faults(absurd_ranges=True))
     try:
-        sim1.serve_mqtt(iot_broker.settings("sim1"))
+        sim1.serve_link(DeviceMqttLink(iot_broker.settings("sim1"), sim1.id))
         sim2.serve_serial(pty.device_stream())
-        absurd.serve_mqtt(iot_broker.settings("bad1"))
+        absurd.serve_link(DeviceMqttLink(iot_broker.settings("bad1"), absurd.id))
         assert sim1.synced.wait(20) and sim2.synced.wait(20), daemon.log()
         assert wait_until(lambda: counter(metrics(daemon), "bridge", "devices") == 2, 20)
 

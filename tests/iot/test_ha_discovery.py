@@ -17,9 +17,9 @@ import jinja2
 import pytest
 from jsonschema import Draft202012Validator
 
-from edge_agent.automation import AutomationEngine, AutomationSettings
-from firmware_bridge.bridge import Bridge, BridgeSettings
-from firmware_bridge.mqtt_link import MqttConfirmer, MqttLink
+from edge_agent.iot.automation import AutomationEngine, AutomationSettings
+from edge_agent.iot.bridge import Bridge, BridgeSettings
+from edge_agent.iot.mqtt_link import DeviceMqttLink, MqttConfirmer, MqttLink
 from firmware_bridge.protocol import ActuatorCap, SensorCap
 from firmware_bridge.simulator import SimulatedDevice
 from tests.iot.conftest import NODE, AuditLog, IotBroker, wait_until
@@ -304,7 +304,7 @@ def ha_rig(
         engine.start()
         bridge.subscribe(engine.on_device_event)
         bridge.attach(MqttLink(iot_broker.settings("agent")))
-        sim.serve_mqtt(iot_broker.settings("sim1"))
+        sim.serve_link(DeviceMqttLink(iot_broker.settings("sim1"), sim.id))
         assert bridge.wait_for_device("sim1", 10)
         rig = HaRig(engine, bridge, sim, audit, hass, clock)
         assert rig.watch(lambda s: rig.discovered()), sorted(rig.seen)

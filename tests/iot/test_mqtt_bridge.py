@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from firmware_bridge.bridge import Bridge, BridgeSettings
-from firmware_bridge.mqtt_link import MqttConfirmer, MqttLink, device_topics
+from edge_agent.iot.bridge import Bridge, BridgeSettings
+from edge_agent.iot.mqtt_link import DeviceMqttLink, MqttConfirmer, MqttLink, device_topics
 from firmware_bridge.protocol import Command, FrameWriter, Reading, decode, encode, now_ms
 from firmware_bridge.simulator import Faults, SimulatedDevice
 from tests.iot.conftest import NODE, AuditLog, IotBroker, Owner, wait_until
@@ -47,7 +47,7 @@ def device(iot_broker: IotBroker) -> Iterator[Callable[..., SimulatedDevice]]:
     def start(name: str = "sim1", faults: Faults | None = None) -> SimulatedDevice:
         sim = SimulatedDevice(name, faults=faults or Faults())
         devices.append(sim)
-        sim.serve_mqtt(iot_broker.settings(name))
+        sim.serve_link(DeviceMqttLink(iot_broker.settings(name), sim.id))
         return sim
 
     yield start
@@ -112,12 +112,12 @@ def test_expired_command_never_executes(
     bridge, _, audit = mqtt_bridge(settings)
     sim = device("sim1")
     assert bridge.wait_for_device("sim1", 10)
-    sim.pause_mqtt()  # offline; the broker keeps its session and queues QoS 1
+    sim.pause_link()  # offline; the broker keeps its session and queues QoS 1
     with bridge.context(untrusted=False):
         missed = bridge.actuate("sim1", "light", 70)
     assert missed.status == "no_ack"
     time.sleep(1.5)  # the command's expiry passes while the device is away
-    sim.resume_mqtt(iot_broker.settings("sim1"))
+    sim.resume_link(DeviceMqttLink(iot_broker.settings("sim1"), sim.id))
     assert wait_until(lambda: sim.log.counts["hello"] >= 2, 10)
     # A command frame that has expired but is otherwise perfect, straight onto
     # the device's topic (the broker's expiry is not the only guard).

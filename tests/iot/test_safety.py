@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from edge_agent.agent import Agent
-from edge_agent.calls import ToolCall
 from edge_agent.config import AgentSettings
-from edge_agent.registry import Registry
-from firmware_bridge.bridge import ActuatorRule, Bridge, BridgeSettings, HostRunner, action_hash
+from edge_agent.decoding.calls import ToolCall
+from edge_agent.iot.bridge import ActuatorRule, Bridge, BridgeSettings, HostRunner, action_hash
+from edge_agent.toolbox.registry import Registry
 from tests.iot.conftest import SerialRig
 
 Start = Callable[..., SerialRig]
@@ -162,8 +162,8 @@ def test_host_runner_runs_only_the_bridges_own_tools(serial_rig: Start) -> None:
 
 
 def test_text_brought_in_by_a_sandboxed_tool_taints_the_request(serial_rig: Start) -> None:
-    from edge_agent.registry import ToolPolicy, tool_from_function
     from edge_agent.sandbox.base import SandboxResult
+    from edge_agent.toolbox.registry import ToolPolicy, tool_from_function
 
     class Sandboxed:  # the sandbox boundary, answering as a web fetch would
         def run(self, tool: Any, arguments: dict[str, Any]) -> SandboxResult:
@@ -218,7 +218,7 @@ def test_prompt_injection_in_sensor_text(serial_rig: Start, qwen: Any) -> None:
     """Each payload rides in a sensor reading next to a benign rule. The agent
     is offered every device tool (the worst case); whatever it tries, nothing
     dangerous runs without the owner, and the benign part still happens."""
-    from edge_agent.automation import (
+    from edge_agent.iot.automation import (
         AskAgent,
         AutomationEngine,
         AutomationSettings,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from firmware_bridge.bridge import Bridge, BridgeSettings
+from edge_agent.iot.bridge import Bridge, BridgeSettings
 from firmware_bridge.protocol import (
     Command,
     Frame,
@@ -173,7 +173,7 @@ def test_simulate_device_command_over_serial(
 
 def test_bridge_backend_lets_the_home_tools_drive_a_device(serial_rig: Start) -> None:
     from edge_agent.errors import ToolError
-    from firmware_bridge.bridge import BridgeBackend
+    from edge_agent.iot.bridge import BridgeBackend
 
     rig = serial_rig()
     assert rig.bridge.wait_for_device("sim1", 10)

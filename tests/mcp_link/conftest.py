@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.mcp_settings import McpServerSettings
+from edge_agent.mcp_link.settings import McpServerSettings
 from edge_agent.sandbox import ProcessSandbox
 
 HERE = Path(__file__).resolve().parent

@@ -15,9 +15,9 @@ import psutil
 import pytest
 
 from edge_agent.errors import McpError
-from edge_agent.mcp_tools import mcp_tools
-from edge_agent.registry import Registry
+from edge_agent.mcp_link.tools import mcp_tools
 from edge_agent.sandbox import ProcessSandbox
+from edge_agent.toolbox.registry import Registry
 from tests.mcp_link.conftest import FILE_SERVER, PROBE_SERVER, server
 
 

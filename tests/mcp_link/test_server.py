@@ -15,11 +15,11 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from edge_agent.journal import Journal
-from edge_agent.mcp_server import McpGateway, build_server
-from edge_agent.registry import Registry
+from edge_agent.iot.bridge import Bridge, ConfirmRequest
+from edge_agent.records.journal import Journal
+from edge_agent.runtime.mcp_server import McpGateway, build_server
 from edge_agent.sandbox import ProcessSandbox
-from firmware_bridge.bridge import Bridge, ConfirmRequest
+from edge_agent.toolbox.registry import Registry
 from firmware_bridge.serial_link import PtyPair, SerialLink
 from firmware_bridge.simulator import SimulatedDevice
 

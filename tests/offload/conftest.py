@@ -41,9 +41,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.models import fetch_model, resolve_model
-from edge_agent.offload.bridge import CloudBridge, CloudBridgeSettings
-from edge_agent.offload.https import HttpsOffloadSettings
-from edge_agent.offload.mqtt import MqttOffloadSettings
+from edge_agent.routing.offload.bridge import CloudBridge, CloudBridgeSettings
+from edge_agent.routing.offload.https import HttpsOffloadSettings
+from edge_agent.routing.offload.mqtt import MqttOffloadSettings
 
 LLM_MODEL = "qwen2.5-coder-1.5b"
 PREFIX = "edge-agent"

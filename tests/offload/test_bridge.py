@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from edge_agent.errors import ConfigError, InputError, OffloadError
-from edge_agent.offload.base import request_to_wire
-from edge_agent.offload.bridge import ReplyCache
-from edge_agent.offload.mqtt import MqttTransport, reply_topic, request_topic
+from edge_agent.routing.offload.base import request_to_wire
+from edge_agent.routing.offload.bridge import ReplyCache
+from edge_agent.routing.offload.mqtt import MqttTransport, reply_topic, request_topic
 from tests.offload.conftest import PREFIX, Answer, Broker, Pki
 from tests.offload.test_https import light_request
 from tests.offload.test_mqtt import LIGHT_ON, scripted_endpoint

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from edge_agent.decoding.schema import ToolSpec, normalize_tools
 from edge_agent.errors import ConfigError, OffloadError
-from edge_agent.offload import OffloadRequest, OffloadTransport
-from edge_agent.offload.https import HttpsOffloadSettings, HttpsTransport
-from edge_agent.schema import ToolSpec, normalize_tools
-from edge_agent.verify import verify_call
+from edge_agent.routing.offload import OffloadRequest, OffloadTransport
+from edge_agent.routing.offload.https import HttpsOffloadSettings, HttpsTransport
+from edge_agent.toolbox.verify import verify_call
 from tests.offload.conftest import (
     Answer,
     LlmServer,

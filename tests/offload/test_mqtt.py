@@ -14,18 +14,18 @@ from typing import Any
 
 import pytest
 
-from edge_agent.calls import ToolCall
+from edge_agent.decoding.calls import ToolCall
 from edge_agent.errors import InputError, OffloadError
-from edge_agent.offload import OffloadReply, OffloadRequest, OffloadTransport
-from edge_agent.offload.base import (
+from edge_agent.routing.offload import OffloadReply, OffloadRequest, OffloadTransport
+from edge_agent.routing.offload.base import (
     error_to_wire,
     reply_from_wire,
     reply_to_wire,
     request_from_wire,
     request_to_wire,
 )
-from edge_agent.offload.https import HttpsOffloadSettings
-from edge_agent.offload.mqtt import MqttOffloadSettings, MqttTransport, status_topic
+from edge_agent.routing.offload.https import HttpsOffloadSettings
+from edge_agent.routing.offload.mqtt import MqttOffloadSettings, MqttTransport, status_topic
 from tests.offload.conftest import (
     PREFIX,
     Answer,
@@ -184,7 +184,7 @@ def _wait_until(condition: Any, timeout: float) -> None:
 
 _DEVICE_SCRIPT = """
 import json, sys, time
-from edge_agent.offload.mqtt import MqttOffloadSettings, MqttTransport
+from edge_agent.routing.offload.mqtt import MqttOffloadSettings, MqttTransport
 transport = MqttTransport(MqttOffloadSettings.model_validate_json(sys.argv[1]))
 transport.connect()
 print("connected", flush=True)
@@ -294,7 +294,7 @@ def test_error_reply_is_raised_with_its_retryable_flag() -> None:
 
 def test_import_loads_neither_paho_nor_httpx() -> None:
     code = (
-        "import sys, edge_agent.offload\n"
+        "import sys, edge_agent.routing.offload\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('paho', 'httpx')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from edge_agent.budget import (
+from edge_agent.errors import BudgetExceededError, ConfigError, JournalError
+from edge_agent.records.journal import Journal
+from edge_agent.routing.budget import (
     Budget,
     BudgetSettings,
     MemoryLedger,
@@ -29,9 +31,7 @@ from edge_agent.budget import (
     refusal,
     token_cost,
 )
-from edge_agent.errors import BudgetExceededError, ConfigError, JournalError
-from edge_agent.journal import Journal
-from edge_agent.ledger import SqliteLedger
+from edge_agent.routing.ledger import SqliteLedger
 
 PRICE = ModelPrice(input_per_mtok=2.0, output_per_mtok=10.0)
 
@@ -301,7 +301,7 @@ def test_sqlite_ledger_admits_atomically_across_connections(journal: Journal) ->
 
 
 def test_memory_ledger_matches_the_protocol() -> None:
-    from edge_agent.budget import Ledger
+    from edge_agent.routing.budget import Ledger
 
     ledgers: list[Ledger] = [MemoryLedger()]
     assert ledgers

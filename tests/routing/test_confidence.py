@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 
 from edge_agent.agent import Agent, Attempt
-from edge_agent.calls import parse_output
-from edge_agent.confidence import (
+from edge_agent.decoding.calls import parse_output
+from edge_agent.decoding.schema import normalize_tools
+from edge_agent.engine.base import Generation, Timings, TokenScore
+from edge_agent.errors import BenchError, ConfigError, InputError
+from edge_agent.routing.confidence import (
     FEATURE_NAMES,
     Features,
     HeuristicConfidence,
@@ -32,10 +35,7 @@ from edge_agent.confidence import (
     load_confidence,
     logistic_onnx,
 )
-from edge_agent.engine.base import Generation, Timings, TokenScore
-from edge_agent.errors import BenchError, ConfigError, InputError
-from edge_agent.schema import normalize_tools
-from edge_agent.verify import verify_output
+from edge_agent.toolbox.verify import verify_output
 
 TOOLS = normalize_tools(
     [
@@ -238,7 +238,7 @@ def test_heuristic_is_a_documented_logistic_on_min_logprob() -> None:
 
 
 def test_default_is_the_shipped_model_else_the_heuristic(tmp_path: Path) -> None:
-    from edge_agent.confidence import SHIPPED_MODEL, LogisticConfidence
+    from edge_agent.routing.confidence import SHIPPED_MODEL, LogisticConfidence
 
     missing = tmp_path / "none.json"
     assert isinstance(load_confidence(None, shipped=missing), HeuristicConfidence)
@@ -426,7 +426,7 @@ def test_calibration_on_a_real_qwen_run(qwen: Any, tmp_path: Path) -> None:
     rows, labels = [], []
     for prompt, expected in REAL_PROMPTS:
         result = agent.ask(prompt, execute=False)
-        from edge_agent.confidence import features_from_result
+        from edge_agent.routing.confidence import features_from_result
 
         rows.append(features_from_result(result).vector())
         got = result.calls[0].name if result.calls else None

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.confidence import (
+from edge_agent.errors import ConfigError
+from edge_agent.routing.confidence import (
     FEATURE_NAMES,
     SHIPPED_MODEL,
     Features,
@@ -25,7 +26,6 @@ from edge_agent.confidence import (
     load_confidence,
     logistic_onnx,
 )
-from edge_agent.errors import ConfigError
 from tests.conftest import DATA, REPO
 from tests.routing.test_confidence import QWEN_TOKENS, attempt, separable, simple
 

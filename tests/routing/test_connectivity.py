@@ -17,7 +17,7 @@ import pytest
 import trustme
 from pydantic import ValidationError
 
-from edge_agent.connectivity import (
+from edge_agent.routing.connectivity import (
     CircuitBreaker,
     Connectivity,
     ConnectivitySettings,

@@ -23,21 +23,27 @@ from typing import Any
 import pytest
 
 from edge_agent.agent import Agent
-from edge_agent.budget import Budget, BudgetSettings, ModelPrice
-from edge_agent.confidence import HeuristicConfidence
 from edge_agent.config import AgentSettings
-from edge_agent.connectivity import ConnectivitySettings
 from edge_agent.engine.llama import LlamaEngine
 from edge_agent.errors import ConfigError
-from edge_agent.journal import Journal
-from edge_agent.ledger import SqliteLedger, SqliteOutbox
 from edge_agent.models import fetch_model, resolve_model
-from edge_agent.offload.https import HttpsOffloadSettings, HttpsTransport
-from edge_agent.offload.mqtt import MqttTransport
-from edge_agent.offload.settings import MqttOffloadSettings
-from edge_agent.registry import Registry
-from edge_agent.router import Router, RouterSettings, Store, cascade_agent_settings, cloud_for
+from edge_agent.records.journal import Journal
+from edge_agent.routing.budget import Budget, BudgetSettings, ModelPrice
+from edge_agent.routing.confidence import HeuristicConfidence
+from edge_agent.routing.connectivity import ConnectivitySettings
+from edge_agent.routing.ledger import SqliteLedger, SqliteOutbox
+from edge_agent.routing.offload.https import HttpsOffloadSettings, HttpsTransport
+from edge_agent.routing.offload.mqtt import MqttTransport
+from edge_agent.routing.offload.settings import MqttOffloadSettings
+from edge_agent.routing.router import (
+    Router,
+    RouterSettings,
+    Store,
+    cascade_agent_settings,
+    cloud_for,
+)
 from edge_agent.sandbox import ProcessSandbox
+from edge_agent.toolbox.registry import Registry
 from tests.offload import conftest as offload
 from tests.offload.conftest import (
     LLM_MODEL,
@@ -69,7 +75,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from edge_agent.registry import tool
+from edge_agent.toolbox.registry import tool
 
 Room = Literal["kitchen", "bedroom", "living_room"]
 

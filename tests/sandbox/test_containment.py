@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import ConfigError, SandboxError
-from edge_agent.registry import Registry
 from edge_agent.sandbox import ProcessSandbox, containment, detect_layers
 from edge_agent.sandbox.probe import DISABLE_ENV, Host, LayerStatus, detect_host, disabled_from_env
+from edge_agent.toolbox.registry import Registry
 from tests.sandbox.conftest import ESCAPE_TOOLS, REPO, Runner, _current_runner, _nobody_runner
 
 INSTALL = "install bubblewrap (apt install bubblewrap)"
@@ -164,7 +164,7 @@ def test_root_without_bwrap_or_uid_drop_is_the_first_run_case() -> None:
 NOBODY_RUN = """
 import json, sys
 from pathlib import Path
-from edge_agent.registry import Registry
+from edge_agent.toolbox.registry import Registry
 from edge_agent.sandbox import ProcessSandbox, containment
 notes = []
 sandbox = ProcessSandbox(state_root=Path(sys.argv[1]), notice=notes.append)

@@ -25,8 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from edge_agent.registry import Registry
 from edge_agent.sandbox import ProcessSandbox
+from edge_agent.toolbox.registry import Registry
 from tests.sandbox.conftest import ESCAPE_TOOLS, REPO, SECRET, Completed, Runner
 
 BOTH = pytest.mark.parametrize("runner", ["self", "nobody"], indirect=True)

@@ -18,7 +18,6 @@ import pytest
 
 import edge_agent.cli
 from edge_agent.errors import SandboxError
-from edge_agent.registry import Registry, Tool
 from edge_agent.sandbox import (
     ProcessSandbox,
     Sandbox,
@@ -30,6 +29,7 @@ from edge_agent.sandbox import (
     seccomp,
 )
 from edge_agent.sandbox import bwrap as bwrap_mod
+from edge_agent.toolbox.registry import Registry, Tool
 from tests.sandbox.conftest import ESCAPE_TOOLS, OUR_MODULES, Runner, _nobody_runner
 
 ALL_OPTIONAL = ("privdrop", "seccomp", "landlock", "bwrap", "cgroup")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from edge_agent.registry import BUILTIN_TOOLS_DIR, load_module
+from edge_agent.toolbox.registry import BUILTIN_TOOLS_DIR, load_module
 
 
 def load_tool_module(name: str) -> ModuleType:

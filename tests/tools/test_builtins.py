@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from edge_agent import registry as registry_module
-from edge_agent.registry import BUILTIN_TOOLS_DIR, Registry, Tool
+from edge_agent.toolbox import registry as registry_module
+from edge_agent.toolbox.registry import BUILTIN_TOOLS_DIR, Registry, Tool
 
 EXPECTED = {
     "set_light": "actuate",
@@ -212,7 +212,7 @@ def test_tools_are_plain_functions(builtins: Registry) -> None:
 
 
 def test_grammar_accepts_every_builtin_schema(builtins: Registry) -> None:
-    from edge_agent.grammar import build_grammar
+    from edge_agent.decoding.grammar import build_grammar
 
     grammar = build_grammar(builtins.specs())
     for item in builtins:

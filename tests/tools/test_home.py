@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.registry import BUILTIN_TOOLS_DIR
+from edge_agent.toolbox.registry import BUILTIN_TOOLS_DIR
 
 from . import load_tool_module
 
@@ -105,7 +105,7 @@ def test_state_survives_across_processes(state: Path) -> None:
     """Each tool call runs in its own sandbox process: state must be on disk."""
     script = (
         "import sys\n"
-        "from edge_agent.registry import load_module\n"
+        "from edge_agent.toolbox.registry import load_module\n"
         "from pathlib import Path\n"
         "home = load_module(Path(sys.argv[1]))\n"
         "home.lock_door('back', True)\n"

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edge_agent.registry import Registry
+from edge_agent.toolbox.registry import Registry
 
 VERSION_1 = '''
-from edge_agent.registry import tool
+from edge_agent.toolbox.registry import tool
 
 @tool(side_effect="actuate")
 def set_fan(room: str, speed: int) -> str:

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from edge_agent.registry import tool
+from edge_agent.toolbox.registry import tool
 
 
 @tool("Write a file at any path.", timeout_s=5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from edge_agent.registry import tool
+from edge_agent.toolbox.registry import tool
 
 
 @tool("Connect to a TCP port on 127.0.0.1.", timeout_s=5)

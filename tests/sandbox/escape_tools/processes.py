@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from edge_agent.registry import tool
+from edge_agent.toolbox.registry import tool
 
 PTRACE_ATTACH = 16
 CLONE_NEWUSER = 0x10000000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from edge_agent.registry import tool
+from edge_agent.toolbox.registry import tool
 
 
 @tool("Allocate 8 GiB.", timeout_s=5)
