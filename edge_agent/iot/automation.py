@@ -106,6 +106,7 @@ __all__ = [
     "SensorTopic",
     "SerialPort",
     "Threshold",
+    "answer_rule",
     "build_messages",
     "parse_payload",
 ]
@@ -1029,20 +1030,10 @@ class LocalAgentRunner:
         self._settle(request_id, results, "")
 
     def _answer(self, request: AgentRequest, request_id: str | None) -> list[Result]:
-        names = list(request.tool_names)
-        messages = list(request.messages)
-        results: list[Result] = []
-        for _ in range(1 + self.retries):
-            if not names:
-                break
-            result = self._ask(request, request_id, names, messages)
-            results.append(result)
-            refused = [e.call.name for e in result.executions if e.status in _REFUSED]
-            if not refused or any(e.ok for e in result.executions):
-                break
-            names = [n for n in names if n not in refused]
-            messages = [*messages, *_refusal_turn(result)]
-        return results
+        def ask(names: Sequence[str], messages: Sequence[Message]) -> Result:
+            return self._ask(request, request_id, names, messages)
+
+        return [answer_rule(ask, request.tool_names, request.messages, retries=self.retries)]
 
     def _ask(
         self,
@@ -1088,6 +1079,34 @@ class LocalAgentRunner:
 
 
 _REFUSED = frozenset({"unconfirmed", "failed"})
+RETRIES_WITHOUT_REFUSED = 1
+
+
+def answer_rule(
+    ask: Callable[[Sequence[str], Sequence[Message]], Result],
+    tool_names: Sequence[str],
+    messages: Sequence[Message],
+    *,
+    retries: int = RETRIES_WITHOUT_REFUSED,
+) -> Result:
+    """A rule's request answered with ``ask(tool names, messages)``. When
+    every call of an answer was refused or not confirmed, it is asked again
+    (up to ``retries`` times) without the refused tools, so the rest of the
+    owner's instruction can still be done; the answers are kept as one result.
+    The daemon and :class:`LocalAgentRunner` both answer through here."""
+    names = list(tool_names)
+    history = list(messages)
+    result = ask(names, history)
+    for _ in range(retries):
+        refused = {e.call.name for e in result.executions if e.status in _REFUSED}
+        if not refused or any(e.ok for e in result.executions):
+            break
+        names = [n for n in names if n not in refused]
+        if not names:
+            break
+        history = [*history, *_refusal_turn(result)]
+        result = result.followed_by(ask(names, history))
+    return result
 
 
 def _refusal_turn(result: Result) -> list[Message]:

@@ -9,7 +9,7 @@ base types and the call envelope.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from edge_agent.decoding.calls import ParsedOutput, ToolCall
@@ -86,6 +86,21 @@ class Result:
     @property
     def final(self) -> Attempt:
         return self.attempts[-1]
+
+    def followed_by(self, later: Result) -> Result:
+        """This run and a later one on the same request as one result: the
+        later run's steps come after this one's (an automation request asked
+        again without a refused tool keeps both in its record)."""
+        offset = 1 + max(a.step for a in self.attempts)
+        return Result(
+            attempts=(*self.attempts, *(replace(a, step=a.step + offset) for a in later.attempts)),
+            latency_s=self.latency_s + later.latency_s,
+            route=later.route,
+            executions=(
+                *self.executions,
+                *(replace(e, step=e.step + offset) for e in later.executions),
+            ),
+        )
 
     @property
     def tier(self) -> int:

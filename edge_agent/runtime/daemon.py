@@ -40,7 +40,7 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -81,6 +81,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from edge_agent.config import EdgeAgentConfig
+    from edge_agent.decoding.prompts import Message
     from edge_agent.iot.automation_host import AutomationHost
     from edge_agent.sandbox.base import Sandbox
 
@@ -464,24 +465,30 @@ class Daemon:
     def _answer_automation(self, job: Job, live: Live, host: AutomationHost) -> Result:
         """A rule's job: device tools run in this process, inside the job's
         bridge context (so the audit log names the job and the reading, and
-        untrusted readings make any actuation ask the owner)."""
+        untrusted readings make any actuation ask the owner). When every call
+        was refused, it is asked once more without the refused tools
+        (:func:`~edge_agent.iot.automation.answer_rule`, the one automation path)."""
+        from edge_agent.iot.automation import answer_rule
+
         options = job.options
-        agent = Agent(
-            self.engine,
-            host.registry_for(options.tool_names, live.registry),
-            _settings_for(options, live.config.agent),
-            max_tokens=options.max_tokens or live.config.model.max_tokens,
-            sandbox=self._acting(job, host.runner(self.sandbox)),
-            confirm=host.confirm,
-            limiter=self._limiter,
-            ladder=self.ladder,
-        )
-        with host.context(job):
-            return agent.ask(
-                job.payload["messages"],
-                tool_choice=options.tool_choice or "required",
-                execute=True,
+
+        def ask(names: Sequence[str], messages: Sequence[Message]) -> Result:
+            agent = Agent(
+                self.engine,
+                host.registry_for(names, live.registry),
+                _settings_for(options, live.config.agent),
+                max_tokens=options.max_tokens or live.config.model.max_tokens,
+                sandbox=self._acting(job, host.runner(self.sandbox)),
+                confirm=host.confirm,
+                limiter=self._limiter,
+                ladder=self.ladder,
             )
+            return agent.ask(
+                list(messages), tool_choice=options.tool_choice or "required", execute=True
+            )
+
+        with host.context(job):
+            return answer_rule(ask, options.tool_names, job.payload["messages"])
 
     async def _start_automation(self, loop: asyncio.AbstractEventLoop) -> None:
         settings = self.live.config.automation
