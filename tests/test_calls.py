@@ -197,24 +197,27 @@ def test_a_text_answer_with_a_code_fence_stays_a_text_answer() -> None:
     assert parse_output(text) == ParsedOutput(text=text)
 
 
-# --- known bugs -------------------------------------------------------------------------
+# --- tags inside string arguments (once known bugs) ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="calls._BLOCK_RE stops at the first '</tool_call>', even inside a JSON string "
-    "that the grammar admits",
-)
 def test_a_closing_tag_inside_a_string_argument() -> None:
+    # Was a strict xfail: the block regex stopped at the first closing tag.
     call = ToolCall("add_note", {"text": "the model said </tool_call> here"})
     assert parse_output(tagged(call)).calls == (call,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="calls.parse_output looks for '<tool_call>' before trying bare JSON, so a "
-    "bare call whose string argument mentions the tag is cut at the tag",
-)
 def test_an_opening_tag_inside_a_bare_call() -> None:
+    # Was a strict xfail: tags were looked for before bare JSON.
     call = ToolCall("add_note", {"text": "wrap calls in <tool_call> tags"})
     assert parse_output(bare(call)).calls == (call,)
+
+
+def test_parallel_blocks_with_tags_inside_their_strings() -> None:
+    first = ToolCall("add_note", {"text": "ends with </tool_call>"})
+    second = ToolCall("add_note", {"text": "starts a <tool_call> here"})
+    assert parse_output(tagged(first) + "\n" + tagged(second)).calls == (first, second)
+
+
+def test_an_unclosed_unreadable_block_is_still_a_parse_error() -> None:
+    parsed = parse_output('<tool_call>\n{"name": "add_note", "arguments": {"text": "cut')
+    assert parsed.calls == () and len(parsed.errors) == 1

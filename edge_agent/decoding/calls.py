@@ -26,7 +26,10 @@ from typing import Any
 CALL_OPEN = "<tool_call>\n"
 CALL_CLOSE = "\n</tool_call>"
 
-_BLOCK_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+_OPEN_TAG = "<tool_call>"
+_CLOSE_TAG = "</tool_call>"
+# A block's body when it is not one whole JSON value: up to the closing tag.
+_UNREADABLE_BODY_RE = re.compile(r"(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 # Only fences that hold JSON are call candidates: a ```python block in a text
 # answer is an answer, not a broken call.
 _FENCE_RE = re.compile(r"```(?:json|tool_call)?[ \t]*\n?\s*([\[{].*?)```", re.DOTALL)
@@ -68,16 +71,60 @@ def render_call(call: ToolCall) -> str:
 
 def parse_output(text: str) -> ParsedOutput:
     """Recover tool calls from model text (constrained or not)."""
-    blocks = _BLOCK_RE.findall(text)
+    stripped = text.strip()
+    bare = _split_json_values(stripped) if stripped.startswith(("{", "[")) else []
+    if bare and all(_is_json(fragment) for fragment in bare):
+        # A bare call first: its string arguments may mention the tags.
+        return _parse_fragments(bare, text_if_none=text)
+    blocks = _tagged_blocks(text)
     if blocks:
         return _parse_fragments(blocks)
     fenced = _FENCE_RE.findall(text)
     if fenced:
         return _parse_fragments(fenced, text_if_none=text)
-    stripped = text.strip()
-    if stripped.startswith(("{", "[")):
-        return _parse_fragments(_split_json_values(stripped), text_if_none=text)
+    if bare:
+        return _parse_fragments(bare, text_if_none=text)
     return ParsedOutput(text=stripped)
+
+
+def _tagged_blocks(text: str) -> list[str]:
+    """The body of each ``<tool_call>`` block. A body that is one JSON value
+    ends where the value ends, so a closing tag inside a string argument (the
+    grammar admits one) does not cut the call; any other body runs to the
+    closing tag or the end, and is reported as a parse error later."""
+    decoder = json.JSONDecoder()
+    blocks: list[str] = []
+    pos = text.find(_OPEN_TAG)
+    while pos != -1:
+        start = _skip_space(text, pos + len(_OPEN_TAG))
+        try:
+            _, end = decoder.raw_decode(text, start)
+        except ValueError:
+            match = _UNREADABLE_BODY_RE.match(text, start)
+            assert match is not None  # the pattern matches any text
+            blocks.append(match.group(1))
+            pos = text.find(_OPEN_TAG, match.end())
+            continue
+        blocks.append(text[start:end])
+        after = _skip_space(text, end)
+        if text.startswith(_CLOSE_TAG, after):
+            after += len(_CLOSE_TAG)
+        pos = text.find(_OPEN_TAG, after)
+    return blocks
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
+
+
+def _is_json(fragment: str) -> bool:
+    try:
+        json.loads(fragment)
+    except ValueError:
+        return False
+    return True
 
 
 def _split_json_values(text: str) -> list[str]:
