@@ -25,6 +25,7 @@ the device cannot use that endpoint either way.
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import ssl
@@ -39,6 +40,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge_agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 BreakerState = Literal["closed", "open", "half_open"]
 ProbeKind = Literal["tcp", "tls", "head", "none"]
@@ -279,11 +282,22 @@ class Connectivity:
 
 
 def _run(probe: Probe) -> tuple[bool, str]:
+    """Run one probe. A failure to reach the endpoint means offline; any
+    other exception is a bug in the probe, logged with its traceback and
+    reported as a probe error (still not online), never as plain "offline"."""
     try:
         probe()
-    except Exception as exc:  # any failure to reach the endpoint means offline
-        return False, f"{type(exc).__name__}: {exc}"[:200]
+    except Exception as exc:
+        if _is_network_failure(exc):
+            return False, f"{type(exc).__name__}: {exc}"[:200]
+        log.exception("the connectivity probe itself failed (a bug, not the network)")
+        return False, f"probe error, not a network failure: {type(exc).__name__}: {exc}"[:200]
     return True, ""
+
+
+def _is_network_failure(exc: BaseException) -> bool:
+    """Sockets, TLS and timeouts (OSError), and httpx's transport errors."""
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in {"httpx", "httpcore"}
 
 
 # ---------------------------------------------------------------- probes (I/O)

@@ -196,6 +196,16 @@ def test_connectivity_probes_only_when_due() -> None:
     assert probe.calls == 2
 
 
+def test_a_bug_in_the_probe_is_not_reported_as_offline(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> None:
+        raise TypeError("create_connection() got an unexpected keyword argument")
+
+    status = Connectivity(link_settings(), broken, clock=Clock()).status()
+    assert not status.ok
+    assert "probe error, not a network failure: TypeError" in status.reason
+    assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)
+
+
 def test_a_dead_network_is_answered_from_the_cache() -> None:
     clock = Clock()
     probe = ScriptedProbe(False, False, True)
