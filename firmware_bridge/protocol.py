@@ -846,9 +846,6 @@ class Receiver:
         found = self._sessions.get(dev)
         return found.boot if found else None
 
-    def forget(self, dev: str) -> None:
-        self._sessions.pop(dev, None)
-
     def _admit(self, frame: Frame, source: str | None) -> Frame | Rejection:
         if source is not None and frame.dev != source:
             detail = f"frame names device {frame.dev!r} on {source!r}'s channel"

@@ -12,7 +12,7 @@ are decoded to ``[{name: {arg: value}}]`` and scored with the AST checker,
 and the item's energy is read from the probe. An item without functions
 (a few live_irrelevance ones) runs with no tools at all.
 
-Metric definitions (design brief, section 3; the names never change):
+Metric definitions (the names never change; README, "What it does, measured"):
 
 * ``accuracy``: share of items whose final output passes the BFCL AST check.
 * ``valid_at_1``: share whose *first* attempt parsed and passed our verifier

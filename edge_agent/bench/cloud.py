@@ -5,7 +5,7 @@ local stand-in for one.
 user runs, over HTTPS, with a budget that prices every call but never refuses
 one: a benchmark measures cost, it does not cap it.
 
-``standin_llm`` serves the LLM stand-in (design brief section 5) with
+``standin_llm`` serves the LLM stand-in (the LLM-only baseline of ``bench``) with
 llama-cpp-python's OpenAI-compatible server on 127.0.0.1, over TLS with a
 throwaway CA and a bearer token, so that the "cloud" path is the real one:
 HTTP, TLS, tokens, the tool-call format of a real server. It needs the

@@ -19,9 +19,9 @@ into a queued or declined request with the reason.
 The ledger is an interface (:class:`Ledger`): :class:`MemoryLedger` here,
 ``edge_agent.routing.ledger.SqliteLedger`` in the journal's file for a device.
 
-CPS (design brief, section 3): total cost of all attempts, failures, repairs
-and escalations included, divided by the number of successful tasks; reported
-as a ratio to the LLM-only baseline.
+CPS (cost per successful task, as ``bench`` reports it): total cost of all
+attempts, failures, repairs and escalations included, divided by the number
+of successful tasks; reported as a ratio to the LLM-only baseline.
 """
 
 from __future__ import annotations

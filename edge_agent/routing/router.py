@@ -1,6 +1,6 @@
 """The routing policy: answer locally, repair, offload, queue or decline.
 
-For each request, in order (design brief, section 2 "Route"):
+For each request, in order (README, "Routing to a cloud model"):
 
 1. The SLM answers (``Agent.ask`` with ``execute=False``). The agent's own
    repair turn *is* the one local repair: when the first output fails the
@@ -930,7 +930,7 @@ class Router:
 def routing_quality(
     escalated: Sequence[bool], slm_correct: Sequence[bool]
 ) -> tuple[float | None, float | None]:
-    """(precision, recall) of escalation (design brief, section 3): of the
+    """(precision, recall) of escalation (a metric of ``bench``): of the
     escalated requests, the share the SLM would have got wrong; of the SLM's
     wrong answers, the share escalated. None where the denominator is 0."""
     if len(escalated) != len(slm_correct):
