@@ -240,7 +240,7 @@ class Agent:
         messages = d.messages
         for _ in range(self.settings.repair_attempts):
             last = attempts[-1]
-            if last.valid:
+            if last.valid or self._out_of_bounds_on_dangerous(last):
                 break
             messages = [*messages, _assistant(last), repair_message(last.problem)]
             attempt = self._attempt(engine, "repair", messages, d.specs, d.grammar, d.allow_text)
@@ -297,8 +297,27 @@ class Agent:
             parallel=self.settings.parallel_calls,
             allow_text=choice == "auto",
             max_calls=self.settings.max_calls,
+            verifier_bounds=frozenset(s.name for s in specs if self._dangerous(s.name)),
         )
         return build_grammar(specs, options)
+
+    def _dangerous(self, name: str) -> bool:
+        """A tool whose wrong call is the worst outcome (locks, valves, heaters)."""
+        if not isinstance(self.tools, Registry) or name not in self.tools:
+            return False
+        return self.tools.get(name).policy.side_effect == "dangerous"
+
+    def _out_of_bounds_on_dangerous(self, attempt: Attempt) -> bool:
+        """A dangerous tool's arguments failed their schema: with the grammar
+        on, only a bound it leaves to the verifier can fail (see
+        ``GrammarOptions.verifier_bounds``). Not repaired: asked to fix "500 %",
+        a small model picks some valid number, and a valve opened to a value
+        nobody asked for is worse than a refusal that says why."""
+        failed = [v for v in attempt.verdicts if not v.ok]
+        return bool(failed) and all(
+            v.stage == "schema" and v.call is not None and self._dangerous(v.call.name)
+            for v in failed
+        )
 
     def _selected(self, specs: list[ToolSpec], messages: Sequence[Message]) -> list[ToolSpec]:
         """All tools, or past ``select_tools_above`` the best BM25 matches for

@@ -65,6 +65,10 @@ class GrammarOptions:
     parallel: bool = False
     allow_text: bool = False
     max_calls: int = 8
+    # Tools whose numeric bounds the grammar leaves to the verifier: for a
+    # lock, a valve or a heater, "open it to 500 %" must be refused with its
+    # reason, not bent by the mask into a valid 50.
+    verifier_bounds: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,10 @@ def _build_cached(
 
 
 def _assemble(builder: _Builder, tools: tuple[ToolSpec, ...], options: GrammarOptions) -> str:
-    call_names = [builder.tool_call(i, t) for i, t in enumerate(tools)]
+    call_names = [
+        builder.tool_call(i, t, bounded=t.name not in options.verifier_bounds)
+        for i, t in enumerate(tools)
+    ]
     builder.rules["tool-call"] = " | ".join(call_names)
     # Small models often skip the tags their template asks for; both forms
     # are accepted, and the tags are what the parser looks for first.
@@ -260,10 +267,11 @@ class _Builder:
     def fail(self, message: str) -> UnsupportedSchemaError:
         return UnsupportedSchemaError(f"{message} at {self.path or '/'}")
 
-    def tool_call(self, index: int, tool: ToolSpec) -> str:
+    def tool_call(self, index: int, tool: ToolSpec, *, bounded: bool = True) -> str:
         self.path = f"{tool.name}:"
+        parameters = tool.parameters if bounded else _without_numeric_bounds(tool.parameters)
         try:
-            args = self.schema(tool.parameters, f"{tool.name}-args")
+            args = self.schema(parameters, f"{tool.name}-args")
         except UnsupportedSchemaError as exc:
             raise UnsupportedSchemaError(f"tool {tool.name!r}: {exc.message}") from exc
         head = _lit('{"name": ' + json.dumps(tool.name) + ', "arguments": ')
@@ -378,6 +386,32 @@ class _Builder:
         value = self.schema(extra, f"{hint}-value")
         pair = f'json-string ": " {value}'
         return self.add(hint, f'"{{" ( {pair} ( ", " {pair} )* )? "}}"')
+
+
+def _without_numeric_bounds(node: Any) -> Any:
+    """The schema with every numeric bound removed, at any depth: the
+    grammar then admits any number of the right type, and the verifier,
+    which keeps the bounds, refuses one out of range. Property names and
+    literal values (enum, const, default, examples) are left as they are."""
+    if isinstance(node, list):
+        return [_without_numeric_bounds(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _NUMERIC_BOUNDS:
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _without_numeric_bounds(sub) for name, sub in value.items()}
+        elif key in _LITERALS:
+            out[key] = value
+        else:
+            out[key] = _without_numeric_bounds(value)
+    return out
+
+
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+_LITERALS = frozenset({"enum", "const", "default", "examples"})
 
 
 def _non_negative(node: JSONSchema) -> bool:
