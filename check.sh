@@ -8,4 +8,11 @@ echo "== ruff";   "$V/ruff" check .
 echo "== format"; "$V/ruff" format --check .
 echo "== imports"; "$V/lint-imports" --no-cache | sed -n '/^Contracts:/,$p'
 echo "== mypy";   "$V/mypy" && MYPYPATH=tools "$V/mypy" tools/*.py
-echo "== pytest"; "$V/python" -m pytest "$@"
+if [ $# -gt 0 ]; then
+  echo "== pytest"; "$V/python" -m pytest "$@"
+else
+  # The fast tests first (no model: pure code, the named scripted fake, real
+  # sandboxes and brokers), so a plain mistake fails in minutes, then the rest.
+  echo "== pytest: fast"; "$V/python" -m pytest -m "not model and not slow"
+  echo "== pytest: models and slow"; "$V/python" -m pytest -m "model or slow"
+fi

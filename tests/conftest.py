@@ -22,6 +22,23 @@ DATA = Path(__file__).resolve().parent / "data"
 TEST_THREADS = 2
 
 
+# Fixtures that load a model or start something that does: a test that uses
+# one (directly or through another fixture) is a model test, marked or not.
+MODEL_FIXTURES = frozenset({
+    "qwen", "smol", "qwen15", "guided_qwen", "slm", "llm", "llm_server",
+    "models_ready", "smol_daemon", "spawn", "spawn_daemon",
+})  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark model tests by their fixtures, so ``-m "not model and not slow"``
+    (the fast tests: pure code, the named scripted fake, real sandboxes and
+    brokers) never loads a model by accident."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
 def _engine(name: str) -> LlamaEngine:
     fetch_model(name, progress=False)
     model = resolve_model(name)

@@ -57,6 +57,7 @@ def test_logprobs_are_recorded(results) -> None:
         assert tokens and all(t.logprob <= 0.0 and t.entropy >= 0.0 for t in tokens)
 
 
+@pytest.mark.model
 def test_cli_json_shape() -> None:
     proc = run_cli("ask", "--json", "--no-exec", "Turn on the kitchen light")
     assert proc.returncode == 0, proc.stderr
@@ -69,6 +70,7 @@ def test_cli_json_shape() -> None:
     assert out["tokens"]["prompt"] > 0 and out["tokens"]["completion"] > 0
 
 
+@pytest.mark.model
 def test_cli_runs_the_call_in_the_sandbox(tmp_path) -> None:
     """Without --no-exec the verified call runs in the sandbox, and the home
     tools keep their device state in the persistent tool-state folder."""
@@ -89,6 +91,7 @@ def test_cli_runs_the_call_in_the_sandbox(tmp_path) -> None:
     assert out["answer"] == "Kitchen light on, 100%."
 
 
+@pytest.mark.model
 def test_cli_answers_a_question_with_the_value_it_read(tmp_path) -> None:
     # "What is the temperature in the living room?" is still answered with a
     # calculator call by the 0.5B alone (issue 15's accuracy work): this test
@@ -105,6 +108,7 @@ def test_cli_answers_a_question_with_the_value_it_read(tmp_path) -> None:
     assert "1 step(s)" in lines[-1]
 
 
+@pytest.mark.model
 def test_a_second_ask_restores_the_tool_block_from_disk(tmp_path: Path) -> None:
     """A one-shot `ask` spends most of its time reading the 12 tools'
     definitions; the first run saves their KV state and the next restores it,

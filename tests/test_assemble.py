@@ -22,8 +22,7 @@ _BUILDERS = re.compile(
 )
 _ENTRY_POINTS = [
     *sorted((REPO / "edge_agent" / "cli").glob("*.py")),
-    REPO / "edge_agent" / "daemon.py",
-    REPO / "edge_agent" / "routing_host.py",
+    *sorted((REPO / "edge_agent" / "runtime").glob("*.py")),  # daemon, API, MCP door
     REPO / "benchmarks" / "ask_latency.py",
 ]
 

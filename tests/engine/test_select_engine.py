@@ -40,6 +40,7 @@ def test_engine_is_read_from_the_config_file(tmp_path: Path) -> None:
         load_config(path)
 
 
+@pytest.mark.model
 def test_load_engine_builds_the_configured_engine() -> None:
     """Both kinds load the same file; the llguidance one decodes with masks and
     fast-forward, and its call is valid."""
@@ -78,6 +79,7 @@ def test_llguidance_flags_need_the_llguidance_engine(flag: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.model
 def test_the_manifest_sets_the_constraint_strategy_per_model() -> None:
     """docs/constraint_strategy.md: hard wins for Qwen2, so llguidance
     constrains its answers from the first token."""
@@ -87,6 +89,7 @@ def test_the_manifest_sets_the_constraint_strategy_per_model() -> None:
     assert entry is not None and entry.constraint == "hard"
 
 
+@pytest.mark.model
 def test_a_grammar_llguidance_cannot_read_is_decoded_by_gbnf(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
