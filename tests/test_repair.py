@@ -26,10 +26,7 @@ def agent(qwen) -> Agent:
 
 @pytest.mark.parametrize(
     ("prompt", "tool", "argument", "bound"),
-    [
-        ("Heat the kitchen to 40 degrees", "set_thermostat", "temperature_c", 30),
-        ("Set the garden valve to 150 percent", "set_valve", "open_percent", 100),
-    ],
+    [("Heat the kitchen to 40 degrees", "set_thermostat", "temperature_c", 30)],
 )
 def test_repair_fixes_out_of_range(agent, prompt, tool, argument, bound) -> None:
     result = agent.ask(prompt, execute=False)
@@ -39,6 +36,17 @@ def test_repair_fixes_out_of_range(agent, prompt, tool, argument, bound) -> None
     assert repair.kind == "repair" and repair.valid
     [call] = result.calls
     assert call.name == tool and call.arguments[argument] <= bound
+
+
+def test_a_dangerous_tool_out_of_range_is_refused_not_repaired(agent) -> None:
+    # Was repaired to some valid number (100 here: a valve fully open); a
+    # dangerous tool's out-of-range value is now refused with the reason
+    # (tests/test_dangerous_bounds.py has the rest).
+    result = agent.ask("Set the garden valve to 150 percent", execute=False)
+    [first] = result.attempts
+    assert not first.valid and first.verdicts[0].stage == "schema"
+    assert "150 is greater than the maximum of 100" in first.problem
+    assert result.outcome == "invalid" and result.calls == ()
 
 
 def test_unrepaired_call_is_invalid_and_not_run(qwen, agent, tmp_path) -> None:
