@@ -629,7 +629,17 @@ def _assistant(meta: _Meta, stored: Mapping[str, Any]) -> tuple[dict[str, Any], 
         finish = "stop" if meta.named else "tool_calls"
         return {"role": "assistant", "content": None, "tool_calls": tool_calls}, finish
     finish = "length" if stored.get("finish_reason") == "length" else "stop"
-    return {"role": "assistant", "content": str(stored.get("text") or "")}, finish
+    text = str(stored.get("text") or "")
+    if not text and stored.get("outcome") == "invalid":
+        # A client that reads only the message (a chat UI, Home Assistant)
+        # would otherwise show an empty answer to a call that was refused.
+        text = f"No valid call was made: {_problem(stored)}"
+    return {"role": "assistant", "content": text}, finish
+
+
+def _problem(stored: Mapping[str, Any]) -> str:
+    attempts = stored.get("attempts") or []
+    return str(attempts[-1].get("problem") or "") if attempts else ""
 
 
 def _tool_call(request_id: str, index: int, call: Mapping[str, Any]) -> dict[str, Any]:
@@ -677,7 +687,7 @@ def _extension(request_id: str, stored: Mapping[str, Any]) -> dict[str, Any]:
         "model_steps": stored.get("steps", 1),
     }
     if stored.get("outcome") == "invalid" and attempts:
-        out["problem"] = attempts[-1].get("problem", "")
+        out["problem"] = _problem(stored)
     if stored.get("executed"):
         out["tool_calls"] = stored.get("tool_calls") or []
         out["steps"] = stored.get("executions") or []

@@ -539,8 +539,14 @@ class Daemon:
             self._enqueue(Job.from_row(row))
         return len(rows)
 
-    async def serve(self, app: ASGIApp, sock: socket.socket) -> int:
-        """Run until SIGTERM/SIGINT, then drain. Returns the exit code."""
+    async def serve(
+        self, app: ASGIApp, sock: socket.socket, stop: asyncio.Event | None = None
+    ) -> int:
+        """Run until SIGTERM/SIGINT, then drain. Returns the exit code.
+
+        A program that runs the daemon on a thread of its own (signals reach
+        only the main thread) passes ``stop`` and sets it to shut down; the
+        daemon then installs no signal handlers."""
         loop = asyncio.get_running_loop()
         resumed = self.resume()
         if resumed:
@@ -549,10 +555,11 @@ class Daemon:
         # its devices), or it would be answered as a plain API job.
         await self._start_automation(loop)
         consumer = asyncio.create_task(self._consume())
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._spawn_reload)
+        if stop is None:
+            stop = asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, self._spawn_reload)
         server = _Server(_uvicorn_config(app))
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         stopping = asyncio.create_task(stop.wait())
