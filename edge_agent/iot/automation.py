@@ -16,7 +16,7 @@ thread:
   ``notify``) — "if smoke then notify and open the vent" runs in
   milliseconds, even while the model is busy;
 * ``agent``: an :class:`AgentRequest` for ``agent_submit`` (the daemon's
-  queue, at automation priority, or :class:`LocalAgentRunner`).
+  queue, at automation priority: the one path a rule's request is answered by).
 
 Under load, a firing of the same rule for the same sensor that is still
 waiting is *coalesced*: the newer reading replaces it and the count goes up.
@@ -42,7 +42,6 @@ like a rule's command, with the source ``home-assistant``.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
 import logging
@@ -59,7 +58,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeAlias
 import paho.mqtt.client as mqtt
 from pydantic import Field
 
-from edge_agent.errors import EdgeAgentError, ToolError
+from edge_agent.errors import ToolError
 from edge_agent.iot.automation_settings import (
     AskAgent,
     AutomationSettings,
@@ -84,9 +83,7 @@ from edge_agent.routing.offload.settings import BrokerSettings
 from edge_agent.toolbox.registry import Tool, ToolPolicy, tool_from_function
 
 if TYPE_CHECKING:
-    from edge_agent.agent import Agent
     from edge_agent.decoding.prompts import Message
-    from edge_agent.records.journal import Journal
     from edge_agent.records.run import Result
 
 __all__ = [
@@ -97,7 +94,6 @@ __all__ = [
     "Change",
     "Commander",
     "DeviceSettings",
-    "LocalAgentRunner",
     "Notify",
     "Rule",
     "Schedule",
@@ -545,7 +541,7 @@ class AutomationEngine:
     """Rules over readings; see the module docstring.
 
     ``agent_submit`` receives each :class:`AgentRequest` (it should return
-    quickly: the daemon's submit, or a :class:`LocalAgentRunner`);
+    quickly: the daemon's submit, see ``automation_host``);
     ``commander`` runs deterministic commands (the bridge); ``catalog``
     lists the tool names rules may offer (``"*"`` means all of them);
     ``clock`` (epoch seconds) drives debounce and schedules; ``tick_s`` is
@@ -986,96 +982,7 @@ def _state_text(value: Any) -> str:
     return str(value)
 
 
-# ---------------------------------------------------------------- running the agent here
-
-
-class LocalAgentRunner:
-    """``agent_submit`` without a daemon: answers each request at once with
-    an :class:`~edge_agent.agent.Agent` from ``make_agent(tool_names)``,
-    inside the commander's context (so the bridge knows the request, the
-    reading and whether it is untrusted), and journals it when a journal is
-    given. When an actuation is refused or not confirmed, the agent is asked
-    once more without that tool, so the rest of the owner's instruction can
-    still be done.
-    """
-
-    def __init__(
-        self,
-        make_agent: Callable[[Sequence[str]], Agent],
-        *,
-        model_name: str = "local",
-        commander: Commander | None = None,
-        journal: Journal | None = None,
-        retries_without_refused: int = 1,
-    ) -> None:
-        self.make_agent = make_agent
-        self.model_name = model_name
-        self.commander = commander
-        self.journal = journal
-        self.retries = retries_without_refused
-        self.results: deque[tuple[AgentRequest, list[Result]]] = deque(maxlen=100)
-
-    def __call__(self, request: AgentRequest) -> None:
-        request_id, duplicate = self._accept(request)
-        if duplicate:
-            log.info("automation request %s was answered before; not again", request.key)
-            return
-        try:
-            results = self._answer(request, request_id)
-        except EdgeAgentError as exc:
-            log.error("automation request for rule %s failed: %s", request.rule, exc.one_line())
-            self._settle(request_id, None, exc.one_line())
-            return
-        self.results.append((request, results))
-        self._settle(request_id, results, "")
-
-    def _answer(self, request: AgentRequest, request_id: str | None) -> list[Result]:
-        def ask(names: Sequence[str], messages: Sequence[Message]) -> Result:
-            return self._ask(request, request_id, names, messages)
-
-        return [answer_rule(ask, request.tool_names, request.messages, retries=self.retries)]
-
-    def _ask(
-        self,
-        request: AgentRequest,
-        request_id: str | None,
-        names: Sequence[str],
-        messages: Sequence[Message],
-    ) -> Result:
-        agent = self.make_agent(names)
-        context = (
-            self.commander.context(request_id=request_id, source="automation",
-                                   reading=request.event.to_json(), untrusted=request.untrusted)
-            if self.commander is not None
-            else contextlib.nullcontext()
-        )  # fmt: skip
-        with context:
-            return agent.ask(list(messages), tool_choice="required", execute=True)
-
-    def _accept(self, request: AgentRequest) -> tuple[str | None, bool]:
-        if self.journal is None:
-            return None, False
-        accepted = self.journal.accept(
-            request.payload(), source="automation", priority=10, idempotency_key=request.key
-        )
-        if not accepted.duplicate:
-            self.journal.start(accepted.id)
-        return accepted.id, accepted.duplicate
-
-    def _settle(self, request_id: str | None, results: list[Result] | None, error: str) -> None:
-        if self.journal is None or request_id is None:
-            return
-        from edge_agent.records.journal import attempt_records
-
-        if results is None:
-            self.journal.fail(request_id, error)
-            return
-        for result in results:
-            records = attempt_records(result, model=self.model_name)
-            self.journal.record_attempts(request_id, records)
-        final = results[-1].to_json() if results else {}
-        final["executions"] = [e.to_json() for r in results for e in r.executions]
-        self.journal.finish(request_id, final)
+# ---------------------------------------------------------------- answering a rule's request
 
 
 _REFUSED = frozenset({"unconfirmed", "failed"})
@@ -1093,7 +1000,7 @@ def answer_rule(
     every call of an answer was refused or not confirmed, it is asked again
     (up to ``retries`` times) without the refused tools, so the rest of the
     owner's instruction can still be done; the answers are kept as one result.
-    The daemon and :class:`LocalAgentRunner` both answer through here."""
+    The daemon's automation jobs answer through here (``Daemon._answer_automation``)."""
     names = list(tool_names)
     history = list(messages)
     result = ask(names, history)

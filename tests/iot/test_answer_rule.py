@@ -1,7 +1,7 @@
 """The one automation answer path: a rule's request asked again without a refused tool.
 
-The daemon (``_answer_automation``) and :class:`LocalAgentRunner` both answer
-through :func:`answer_rule`. The model is a FAKE here (tests/fakes.py: it says
+The daemon's automation jobs (``_answer_automation``) answer through
+:func:`answer_rule`. The model is a FAKE here (tests/fakes.py: it says
 what the test scripts); what is under test is the retry rule, with the real
 agent, registry, sandbox and home tools. The real-model cases, through the
 daemon, are in ``test_daemon.py`` and ``test_safety.py``.

@@ -9,7 +9,6 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -33,7 +32,6 @@ from edge_agent.iot.automation import (
 )
 from edge_agent.iot.bridge import Bridge
 from edge_agent.iot.mqtt_link import DeviceMqttLink, MqttLink
-from firmware_bridge.serial_link import PtyPair, SerialLink
 from firmware_bridge.simulator import SimulatedDevice
 from tests.iot.conftest import NODE, IotBroker, SerialRig, wait_until
 from tests.offload.conftest import PREFIX, RawClient
@@ -389,76 +387,3 @@ def _collect(watcher: RawClient, done: Callable[[dict[str, bytes]], Any]) -> dic
 
 
 # --- end to end, with the real model ----------------------------------------------------------
-
-
-@pytest.mark.model
-@pytest.mark.slow
-def test_reading_to_rule_to_agent_to_device_and_back_over_mqtt_and_pty(
-    iot_broker: IotBroker, qwen: Any, tmp_path: Path
-) -> None:
-    """A reading crosses a rule; the real model decides; the command reaches
-    the device over MQTT (sim1) and over a pty (sim2); the device acks, the
-    state updates, and the journal and the audit log hold the chain."""
-    from edge_agent.agent import Agent
-    from edge_agent.config import AgentSettings
-    from edge_agent.iot.automation import LocalAgentRunner
-    from edge_agent.iot.bridge import HostRunner
-    from edge_agent.records.journal import Journal
-    from edge_agent.toolbox.registry import Registry
-
-    rules = [
-        Rule(name=f"hot-{dev}", sensor=f"{dev}/temperature", when=Threshold(above=28),
-             actions=[AskAgent(instruction=f"It is too warm: set the {dev} light to {level} "
-                               "percent brightness.", tools=[f"set_{dev}_light", "notify"])])
-        for dev, level in (("sim1", 40), ("sim2", 60))
-    ]  # fmt: skip
-    pty = PtyPair()
-    sim1, sim2 = SimulatedDevice("sim1"), SimulatedDevice("sim2")
-    with Journal(tmp_path / "journal.db") as journal, Bridge(audit=journal) as bridge:
-        runner = HostRunner(bridge)
-
-        def make_agent(names: Sequence[str]) -> Agent:
-            tools = {t.name: t for t in bridge.tools()}
-            return Agent(qwen, Registry(tools[n] for n in names if n in tools),
-                         AgentSettings(max_steps=1), sandbox=runner,
-                         confirm=bridge.confirm_call)  # fmt: skip
-
-        local = LocalAgentRunner(make_agent, model_name=qwen.model_name, commander=bridge,
-                                 journal=journal)  # fmt: skip
-        engine = AutomationEngine(
-            AutomationSettings(node_id=NODE, rules=rules),
-            agent_submit=local,
-            commander=bridge,
-            catalog=lambda: [t.name for t in bridge.tools()],
-            tick_s=None,
-        )
-        bridge.subscribe(engine.on_device_event)
-        bridge.attach(MqttLink(iot_broker.settings("agent")))
-        bridge.attach(SerialLink(pty.path))
-        try:
-            with engine:
-                sim1.serve_link(DeviceMqttLink(iot_broker.settings("sim1"), sim1.id))
-                sim2.serve_serial(pty.device_stream())
-                assert bridge.wait_for_device("sim1", 10) and bridge.wait_for_device("sim2", 10)
-                sim1.emit("temperature", 29.5)
-                sim2.emit("temperature", 31.0)
-                assert wait_until(lambda: engine.stats["agent.dispatched"] == 2, 240)
-                assert engine.wait_idle(240)
-        finally:
-            sim1.close()
-            sim2.close()
-            pty.close()
-        assert (sim1.state["light"], sim2.state["light"]) == (40, 60)
-        assert (bridge.state("sim1", "light"), bridge.state("sim2", "light")) == (40, 60)
-        requests = [r for r in journal.recent() if r.source == "automation"]
-        audit = [e for e in journal.audit_events() if e.kind == "actuation"]
-    assert sorted(r.status for r in requests) == ["done", "done"]
-    by_request = {e.request_id: e.detail for e in audit}
-    for row in requests:
-        detail = by_request[row.id]  # the actuation names the request that caused it...
-        reading = row.payload["options"]["automation"]["reading"]
-        assert detail["reading"] == reading  # ...and the reading that caused that
-        assert detail["status"] == "done" and detail["state"] == detail["value"]
-        assert reading["sensor"] == f"{detail['device']}/temperature"
-        assert row.result is not None and row.result["executions"][0]["status"] == "done"
-    assert len(journal.path.read_bytes()) > 0
