@@ -12,7 +12,8 @@ if [ $# -gt 0 ]; then
   echo "== pytest"; "$V/python" -m pytest "$@"
 else
   # The fast tests first (no model: pure code, the named scripted fake, real
-  # sandboxes and brokers), so a plain mistake fails in minutes, then the rest.
+  # brokers), so a plain mistake fails in about two minutes; then the rest
+  # (real models, and real processes per case: sandboxes, MCP servers, the CLI).
   echo "== pytest: fast"; "$V/python" -m pytest -m "not model and not slow"
   echo "== pytest: models and slow"; "$V/python" -m pytest -m "model or slow"
 fi

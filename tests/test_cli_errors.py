@@ -14,6 +14,8 @@ import pytest
 from edge_agent.models import entry_for, resolve_model
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # the real CLI in subprocesses
+
 
 def assert_one_line_error(proc, *needles: str) -> None:
     assert proc.returncode != 0, proc.stdout

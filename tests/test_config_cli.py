@@ -16,6 +16,8 @@ from pydantic.fields import FieldInfo
 from edge_agent.config import EdgeAgentConfig
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # the real CLI in subprocesses
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover

@@ -27,6 +27,8 @@ from edge_agent.toolbox.registry import tools_from_json_file, tools_from_module
 from tests.fuzz.conftest import FUZZ, Door
 from tests.fuzz.strategies import JSON_VALUES, NASTY_TEXT
 
+pytestmark = pytest.mark.slow  # hundreds of generated schemas per door
+
 TYPES = ["string", "integer", "number", "boolean", "object", "array", "null"]
 NAMES = st.one_of(st.sampled_from(["get_weather", "set.lamp", "a-b", "x"]), NASTY_TEXT)
 PROPS = st.sampled_from(["city", "unit", "n", "when", "tags"])

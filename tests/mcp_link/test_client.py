@@ -20,6 +20,8 @@ from edge_agent.sandbox import ProcessSandbox
 from edge_agent.toolbox.registry import Registry
 from tests.mcp_link.conftest import FILE_SERVER, PROBE_SERVER, server
 
+pytestmark = pytest.mark.slow  # each test starts real MCP server processes
+
 
 def _by_name(tools: list) -> dict:
     return {t.name: t for t in tools}

@@ -292,6 +292,7 @@ sys.exit(args.handler(args))
 """
 
 
+@pytest.mark.slow  # the real CLI in a subprocess
 def test_cloud_bridge_command_serves_until_sigterm(
     broker: Broker, scripted: Any, pki: Pki, tmp_path: Path
 ) -> None:

@@ -185,6 +185,7 @@ def test_plain_http_is_refused() -> None:
 # --- retries --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # waits out a real Retry-After
 def test_503_with_retry_after_is_retried_with_the_same_key(
     scripted: Any, pki: Pki, tmp_path: Path
 ) -> None:

@@ -23,6 +23,8 @@ from edge_agent.sandbox.probe import DISABLE_ENV, Host, LayerStatus, detect_host
 from edge_agent.toolbox.registry import Registry
 from tests.sandbox.conftest import ESCAPE_TOOLS, REPO, Runner, _current_runner, _nobody_runner
 
+pytestmark = pytest.mark.slow  # real sandboxed processes, as root and as nobody
+
 INSTALL = "install bubblewrap (apt install bubblewrap)"
 FORK_BOMB = "a fork bomb would not be contained"
 PRIVATE = Path("/root/.pyenv/versions/3.11/bin/python3.11")

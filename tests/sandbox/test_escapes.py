@@ -29,6 +29,8 @@ from edge_agent.sandbox import ProcessSandbox
 from edge_agent.toolbox.registry import Registry
 from tests.sandbox.conftest import ESCAPE_TOOLS, REPO, SECRET, Completed, Runner
 
+pytestmark = pytest.mark.slow  # each escape attempt starts a real sandboxed process (2-4 s)
+
 BOTH = pytest.mark.parametrize("runner", ["self", "nobody"], indirect=True)
 SELF = pytest.mark.parametrize("runner", ["self"], indirect=True)
 
