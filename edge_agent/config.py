@@ -288,6 +288,13 @@ class ServerSettings(BaseModel):
         description="finished requests older than this leave the journal (at start, then "
         "hourly), so it does not fill an SD card; audit rows stay; 0 keeps everything",
     )
+    journal_keep_mb: float = Field(
+        256.0,
+        ge=0,
+        le=1_000_000,
+        description="past this much data the oldest finished requests leave the journal too "
+        "(at start, then hourly); unfinished requests and audit rows stay; 0: no size bound",
+    )
 
 
 class EdgeAgentConfig(BaseSettings):

@@ -55,7 +55,6 @@ class JobOptions:
     tool_names: tuple[str, ...] = ()
     parallel: bool | None = None
     model: str | None = None
-    priority: str | None = None  # a label ("automation"); the queue's order is the source's
     automation: Mapping[str, Any] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
     logprobs: int | None = None
@@ -72,7 +71,6 @@ class JobOptions:
             tool_names=tuple(o.get("tool_names") or ()),
             parallel=None if o.get("parallel") is None else bool(o["parallel"]),
             model=o.get("model"),
-            priority=None if o.get("priority") is None else str(o["priority"]),
             automation=dict(o.get("automation") or {}),
             stop=tuple(str(s) for s in o.get("stop") or ()),
             logprobs=None if o.get("logprobs") is None else int(o["logprobs"]),
@@ -89,8 +87,8 @@ class JobOptions:
             "tool_names": list(self.tool_names) if self.tool_source == "registry" else None,
             "parallel": self.parallel,
         }
-        extra = {"model": self.model, "priority": self.priority}
-        out.update({k: v for k, v in extra.items() if v is not None})
+        if self.model is not None:
+            out["model"] = self.model
         if self.automation:
             out["automation"] = dict(self.automation)
         if self.stop:

@@ -507,6 +507,40 @@ class Journal:
             )
             return cur.rowcount
 
+    def prune_to_size(self, max_bytes: int) -> int:
+        """Delete the oldest finished requests (with their attempts) until the
+        journal's live data fits in ``max_bytes``; unfinished requests and
+        audit rows stay, so it may stay above the bound. SQLite keeps freed
+        pages in the file for reuse: the file stops growing rather than
+        shrinking. Returns how many went."""
+        marks = ", ".join("?" * len(TERMINAL))
+        gone = 0
+        while (used := self.used_bytes()) > max_bytes:
+            with self._write() as db:
+                finished = db.execute(
+                    f"SELECT COUNT(*) FROM requests WHERE status IN ({marks})",  # noqa: S608
+                    sorted(TERMINAL),
+                ).fetchone()[0]
+                # as many as the excess is of the data, assuming rows of like size
+                batch = max(1, math.ceil(finished * (used - max_bytes) / used))
+                cur = db.execute(
+                    f"DELETE FROM requests WHERE id IN (SELECT id FROM requests "  # noqa: S608
+                    f"WHERE status IN ({marks}) ORDER BY updated_at, rowid LIMIT ?)",
+                    (*sorted(TERMINAL), batch),
+                )
+            if cur.rowcount <= 0:
+                break
+            gone += cur.rowcount
+        return gone
+
+    def used_bytes(self) -> int:
+        """Bytes of the database file in use (its pages less the free ones)."""
+        with self._read() as db:
+            pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+            free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+            size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        return (pages - free) * size
+
     # -- reads
 
     def get(self, request_id: str) -> RequestRow:

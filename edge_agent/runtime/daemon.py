@@ -508,21 +508,33 @@ class Daemon:
     # -- lifecycle
 
     def prune_journal(self) -> int:
-        """Drop finished requests older than ``server.journal_keep_days``
-        (audit rows stay): without it the journal grows for as long as the
-        device runs. Returns how many went; a failure is logged, not raised."""
+        """Drop finished requests older than ``server.journal_keep_days``,
+        then the oldest finished ones while the journal holds more than
+        ``server.journal_keep_mb`` (audit rows stay): without it the journal
+        grows for as long as the device runs. Returns how many went; a
+        failure is logged, not raised."""
         self._pruned_at = time.monotonic()
-        keep_days = self.live.config.server.journal_keep_days
-        if keep_days <= 0:
-            return 0
+        server = self.live.config.server
         try:
-            gone = self.journal.prune(time.time() - keep_days * 86_400)
+            aged = sized = 0
+            if server.journal_keep_days > 0:
+                aged = self.journal.prune(time.time() - server.journal_keep_days * 86_400)
+            if server.journal_keep_mb > 0:
+                sized = self.journal.prune_to_size(int(server.journal_keep_mb * 1_000_000))
         except EdgeAgentError as exc:
             log.warning("journal prune: %s", exc.one_line())
             return 0
-        if gone:
-            log.info("journal: dropped %d finished request(s) older than %g days", gone, keep_days)
-        return gone
+        if aged:
+            log.info(
+                "journal: dropped %d finished request(s) older than %g days",
+                aged, server.journal_keep_days,
+            )  # fmt: skip
+        if sized:
+            log.info(
+                "journal: dropped the %d oldest finished request(s) to stay under %g MB",
+                sized, server.journal_keep_mb,
+            )  # fmt: skip
+        return aged + sized
 
     def resume(self) -> int:
         """Settle what the last run left and queue what is unfinished."""

@@ -314,8 +314,6 @@ def test_cli_in_process_writes_json_and_a_table(
 
 @pytest.mark.model
 def test_cli_subprocess_end_to_end(smol, tmp_path: Path) -> None:
-    if "edge_agent.cli.bench" not in cli._COMMAND_MODULES:
-        pytest.skip("bench not wired")
     out = tmp_path / "out.json"
     proc = run_cli(
         "bench", "bfcl",

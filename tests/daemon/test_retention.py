@@ -58,3 +58,45 @@ def test_keep_days_zero_keeps_everything(tmp_path: Path) -> None:
     with Journal(tmp_path / "journal.db") as journal:
         assert daemon_on(journal, keep_days=0).prune_journal() == 0
         assert {old, new, waiting} <= {r.id for r in journal.recent()}
+
+
+def test_past_the_size_bound_the_oldest_finished_requests_go(tmp_path: Path) -> None:
+    """200 finished requests of 10 kB each (about 2 MB) under a 0.5 MB bound:
+    the oldest go until the data fits; the newest, the unfinished request and
+    the audit stay."""
+    path = tmp_path / "journal.db"
+    with Journal(path) as journal:
+        ids = []
+        for i in range(200):
+            rid = journal.accept({"prompt": f"request {i}", "pad": "x" * 10_000}, source="cli").id
+            journal.start(rid)
+            journal.finish(rid, {})
+            ids.append(rid)
+        waiting = journal.accept({"prompt": "waiting", "pad": "x" * 10_000}, source="cli").id
+        journal.audit("confirmation", {"tool": "unlock_door"}, request_id=ids[0])
+        assert journal.used_bytes() > 2_000_000
+        config = EdgeAgentConfig.model_validate(
+            {"server": {"journal_keep_mb": 0.5}, "ladder": {"enabled": False}}
+        )
+        daemon = Daemon(ScriptedEngine(["done"]), journal, Live(config, None, Registry()))
+        gone = daemon.prune_journal()
+        assert journal.used_bytes() <= 500_000
+        kept = {r.id for r in journal.recent(limit=500)}
+        assert 150 < gone < 200 and len(kept) == 201 - gone
+        assert ids[-1] in kept and waiting in kept and ids[0] not in kept
+        assert kept - {waiting} == set(ids[gone:])  # oldest first
+        assert [e.detail["tool"] for e in journal.audit_events()] == ["unlock_door"]
+
+
+def test_a_size_bound_of_zero_keeps_everything(tmp_path: Path) -> None:
+    with Journal(tmp_path / "journal.db") as journal:
+        for i in range(20):
+            rid = journal.accept({"prompt": f"{i}", "pad": "x" * 10_000}, source="cli").id
+            journal.start(rid)
+            journal.finish(rid, {})
+        config = EdgeAgentConfig.model_validate(
+            {"server": {"journal_keep_mb": 0, "journal_keep_days": 0}, "ladder": {"enabled": False}}
+        )
+        daemon = Daemon(ScriptedEngine(["done"]), journal, Live(config, None, Registry()))
+        assert daemon.prune_journal() == 0
+        assert len(journal.recent()) == 20

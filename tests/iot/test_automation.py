@@ -168,7 +168,6 @@ def test_agent_request_payload_is_what_the_daemon_takes() -> None:
     assert payload["options"]["tool_source"] == "registry"
     assert payload["options"]["tool_names"] == ["set_sim1_light"]
     assert payload["options"]["execute"] is True
-    assert payload["options"]["priority"] == "automation"
     assert payload["options"]["automation"]["coalesced"] == 3
 
 
