@@ -214,7 +214,9 @@ class Agent:
             return tiers
         climbed: list[list[Attempt]] = [tiers]
         for number, tier in enumerate(self.ladder.tiers, start=1):
-            settled, p = self.ladder.settles(climbed[-1], number - 1)
+            settled, p = self.ladder.settles(
+                climbed[-1], number - 1, dangerous_call=self._calls_dangerous(climbed[-1][-1])
+            )
             climbed[-1][-1] = replace(climbed[-1][-1], p_success=p)
             if settled:
                 break
@@ -306,6 +308,10 @@ class Agent:
         if not isinstance(self.tools, Registry) or name not in self.tools:
             return False
         return self.tools.get(name).policy.side_effect == "dangerous"
+
+    def _calls_dangerous(self, attempt: Attempt) -> bool:
+        """The answer proposes a call to a dangerous tool, valid or not."""
+        return any(self._dangerous(call.name) for call in attempt.parsed.calls)
 
     def _out_of_bounds_on_dangerous(self, attempt: Attempt) -> bool:
         """A dangerous tool's arguments failed their schema: with the grammar

@@ -155,8 +155,17 @@ class Assembly:
         if not on:
             return None
         tiers = tuple(self._tier(t, warm_tools) for t in on)
-        rate = self.config.ladder.shadow_rate if shadow else 0.0
-        self._ladder = Ladder(self.config.ladder.threshold, tiers, self._judge, sampler(rate))
+        settings = self.config.ladder
+        # shadow labels calibrate the climb on confidence: without it, they cost for nothing
+        rate = settings.shadow_rate if shadow and settings.climb_unsure else 0.0
+        self._ladder = Ladder(
+            settings.threshold,
+            tiers,
+            self._judge,
+            sampler(rate),
+            unsure=settings.climb_unsure,
+            dangerous=settings.dangerous,
+        )
         return self._ladder
 
     def _tier(self, settings: TierSettings, warm_tools: Registry | None) -> Tier:
@@ -175,7 +184,11 @@ class Assembly:
 
     def _tier_settings(self) -> list[TierSettings]:
         ladder = self.config.ladder
-        return list(ladder.tiers) if ladder.enabled else []
+        return (
+            list(ladder.tiers)
+            if ladder.enabled and (ladder.climb_unsure or ladder.dangerous)
+            else []
+        )
 
     def tier_status(self) -> list[TierStatus]:
         """Each configured tier: on, or off and why (file missing, memory)."""

@@ -147,11 +147,23 @@ class LadderSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(
+        True,
+        description="the bigger local models in `tiers` may answer; off: tier 0 answers "
+        "alone and no tier is ever loaded",
+    )
+    dangerous: bool = Field(
+        True,
+        description="a call to a dangerous tool (a lock, a valve) that tier 0 proposes is "
+        "decided again by the top tier: a valid but wrong call there is the worst outcome. "
+        "Measured (benchmarks/home_requests.py, default config): wrong dangerous calls 9 -> 5 "
+        "on the 95 held-out home requests, 8 -> 2 on the 40 tuning ones; 17% of requests climb",
+    )
+    climb_unsure: bool = Field(
         False,
-        description="climb to the tiers below when tier 0 is unsure. Off by default for "
-        "now: on the 95 held-out home requests the ladder is right on 0.59 against 0.40 for "
-        "tier 0 alone, but most requests climb (mean model time 12.1 s against 2.2 s) and "
-        "the 1.5B declines almost nothing (README, The local ladder)",
+        description="also climb when tier 0 is unsure (P(success) < threshold) or its call "
+        "is still invalid after its repair. Off by default for now: with the shipped "
+        "confidence model most requests climb (mean model time 12.1 s against 2.2 s on the "
+        "held-out home requests; README, The local ladder)",
     )
     threshold: float = Field(
         0.88,

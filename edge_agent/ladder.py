@@ -8,6 +8,11 @@ no verified answer after its repair, or when its calibrated P(success) is
 below its threshold. The top rung's answer is the device's answer; whether
 *that* goes to the cloud is the router's decision, made after the ladder.
 
+By default only one kind of answer climbs: a call to a tool marked
+``dangerous`` (a lock, a valve), which the top tier decides again, because a
+valid but wrong call there is the worst outcome there is
+(``ladder.dangerous``). Climbing on low confidence is ``ladder.climb_unsure``.
+
 The ladder is offline and free, so it comes before any offload. It costs
 time only for the requests that climb, and memory for the bigger model,
 which is loaded on first use (``ask``) or at start (the daemon).
@@ -98,6 +103,8 @@ class Ladder:
     tiers: tuple[Tier, ...]
     judge: Judge
     shadow: Callable[[], bool] = never
+    unsure: bool = True  # climb on P < τ or an answer still invalid after its repair
+    dangerous: bool = False  # a call to a dangerous tool is decided by the top tier
 
     def threshold_of(self, tier: int) -> float | None:
         """τ of ``tier`` (0 = the agent's engine); None for the top rung,
@@ -106,11 +113,19 @@ class Ladder:
             return None
         return self.threshold if tier == 0 else self.tiers[tier - 1].threshold
 
-    def settles(self, attempts: Sequence[Attempt], tier: int) -> tuple[bool, float]:
-        """Whether ``tier``'s attempts end the climb, and their P(success)."""
+    def settles(
+        self, attempts: Sequence[Attempt], tier: int, *, dangerous_call: bool = False
+    ) -> tuple[bool, float]:
+        """Whether ``tier``'s attempts end the climb, and their P(success).
+        ``dangerous_call``: the answer calls a tool marked dangerous (locks,
+        valves), which the top tier decides again when ``dangerous`` is on."""
         p = self.judge(attempts)
         tau = self.threshold_of(tier)
-        return tau is None or (attempts[-1].valid and p >= tau), p
+        if tau is None:
+            return True, p
+        if self.dangerous and dangerous_call:
+            return False, p
+        return not self.unsure or (attempts[-1].valid and p >= tau), p
 
 
 @dataclass(frozen=True)

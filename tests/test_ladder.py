@@ -104,3 +104,20 @@ def test_tier_1_is_off_without_its_model_file(home: Registry) -> None:
     )
     [status] = Assembly(config).tier_status()
     assert not status.on and "does not exist" in status.detail
+
+
+def test_by_default_a_dangerous_call_is_decided_by_tier_1(home: Registry) -> None:
+    """The default configuration: the 0.5B answers, and only a call to a
+    dangerous tool (here a lock) climbs. The 0.5B reads "unlock" as
+    ``locked: true``; the 1.5B reads it right (benchmarks/data/home_tuning.json)."""
+    parts = Assembly(EdgeAgentConfig())
+    agent = parts.agent(home)
+    assert agent.ladder is not None and not agent.ladder.unsure and agent.ladder.dangerous
+    light = agent.ask("Turn on the kitchen light", execute=False)
+    assert light.tier == 0 and not agent.ladder.tiers[0].loaded
+    result = agent.ask("Unlock the back door", execute=False)
+    assert [a.tier for a in result.attempts] == [0, 1]
+    assert result.attempts[0].parsed.calls[0].name == "lock_door"
+    assert [c.to_dict() for c in result.calls] == [
+        {"name": "lock_door", "arguments": {"door": "back", "locked": False}}
+    ]

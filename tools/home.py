@@ -71,7 +71,7 @@ def backend() -> DeviceBackend:
 )
 def set_light(
     room: Room,
-    on: bool,
+    on: Annotated[bool, Field(description="true switches the light on, false off")],
     brightness: Annotated[int, Field(ge=0, le=100, description="percent")] = 100,
 ) -> dict[str, Any]:
     done = backend().set(f"light.{room}", {"on": on, "brightness": brightness})
@@ -89,7 +89,10 @@ def set_light(
 def set_thermostat(
     room: Room,
     temperature_c: Annotated[float, Field(ge=5, le=30)],
-    mode: Mode = "auto",
+    mode: Annotated[
+        Mode,
+        Field(description="heat warms the room, cool cools it, auto picks either, off stops it"),
+    ] = "auto",
 ) -> dict[str, Any]:
     done = backend().set(f"thermostat.{room}", {"target_c": temperature_c, "mode": mode})
     return {"room": room, **_public(done)}
@@ -115,7 +118,10 @@ def read_sensor(sensor: Sensor, room: Room) -> dict[str, Any]:
     state=True,
     say=_say_lock,
 )
-def lock_door(door: Door, locked: bool) -> dict[str, Any]:
+def lock_door(
+    door: Door,
+    locked: Annotated[bool, Field(description="true locks the door, false unlocks it")],
+) -> dict[str, Any]:
     done = backend().set(f"lock.{door}", {"locked": locked})
     return {"door": door, **_public(done)}
 
@@ -128,7 +134,12 @@ def lock_door(door: Door, locked: bool) -> dict[str, Any]:
     state=True,
     say=_say_valve,
 )
-def set_valve(valve: Valve, open_percent: Percent) -> dict[str, Any]:
+def set_valve(
+    valve: Valve,
+    open_percent: Annotated[
+        int, Field(ge=0, le=100, description="0 closes the valve (water off), 100 opens it fully")
+    ],
+) -> dict[str, Any]:
     done = backend().set(f"valve.{valve}", {"open_percent": open_percent})
     return {"valve": valve, **_public(done)}
 

@@ -149,7 +149,9 @@ def _assembly(args: argparse.Namespace) -> Assembly:
     if getattr(args, "engine", None):
         update["model"] = config.model.model_copy(update={"engine": args.engine})
     if getattr(args, "ladder_threshold", None) is not None:
-        update["ladder"] = config.ladder.model_copy(update={"threshold": args.ladder_threshold})
+        update["ladder"] = config.ladder.model_copy(
+            update={"threshold": args.ladder_threshold, "climb_unsure": True}
+        )
     return Assembly(config.model_copy(update=update))
 
 

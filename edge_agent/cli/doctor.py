@@ -64,7 +64,14 @@ def _ladder() -> None:
     from edge_agent.assemble import Assembly
 
     parts = Assembly()
-    if not parts.config.ladder.enabled:
+    ladder = parts.config.ladder
+    if not ladder.enabled:
         print("ladder: off (ladder.enabled = false): tier 0 answers alone")
+    else:
+        climbs = [
+            *(["calls to dangerous tools"] if ladder.dangerous else []),
+            *([f"unsure answers (P < {ladder.threshold})"] if ladder.climb_unsure else []),
+        ]
+        print(f"ladder: climbs on {' and '.join(climbs) or 'nothing'}")
     for tier in parts.tier_status():
         print(f"ladder tier {tier.name}: {'on' if tier.on else 'off'} ({tier.detail})")

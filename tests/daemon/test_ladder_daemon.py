@@ -19,7 +19,7 @@ def test_an_unsure_request_climbs_and_is_answered_in_a_sentence(tmp_path: Path) 
     config = {
         "model": {"name": QWEN, "n_threads": 2, "max_tokens": 96, "prefix_cache": False},
         # τ0 = 1.0: tier 0 is never sure enough, so every request climbs.
-        "ladder": {"enabled": True, "threshold": 1.0},
+        "ladder": {"enabled": True, "climb_unsure": True, "threshold": 1.0},
         "server": {"request_timeout_s": 1800, "drain_timeout_s": 600},
     }
     daemon = start_daemon(tmp_path, config)
@@ -57,7 +57,7 @@ def test_a_sure_answer_gets_a_shadow_check_journaled_as_a_label(tmp_path: Path) 
 
     config = {
         "model": {"name": QWEN, "n_threads": 2, "max_tokens": 96, "prefix_cache": False},
-        "ladder": {"enabled": True, "threshold": 0.0, "shadow_rate": 1.0},
+        "ladder": {"enabled": True, "climb_unsure": True, "threshold": 0.0, "shadow_rate": 1.0},
         "server": {"request_timeout_s": 1800, "drain_timeout_s": 600},
     }
     daemon = start_daemon(tmp_path, config)
