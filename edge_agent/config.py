@@ -155,8 +155,8 @@ class LadderSettings(BaseModel):
         True,
         description="a call to a dangerous tool (a lock, a valve) that tier 0 proposes is "
         "decided again by the top tier: a valid but wrong call there is the worst outcome. "
-        "Measured (benchmarks/home_requests.py, default config): wrong dangerous calls 9 -> 5 "
-        "on the 95 held-out home requests, 8 -> 2 on the 40 tuning ones; 17% of requests climb",
+        "Measured (benchmarks/home_requests.py): wrong lock/valve calls 6 -> 1 on the 95 "
+        "held-out home requests, 8 -> 2 on the 40 tuning ones; 17% of requests climb",
     )
     climb_unsure: bool = Field(
         False,

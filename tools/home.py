@@ -91,7 +91,7 @@ def set_thermostat(
     temperature_c: Annotated[float, Field(ge=5, le=30)],
     mode: Annotated[
         Mode,
-        Field(description="heat warms the room, cool cools it, auto picks either, off stops it"),
+        Field(description="heat warms, cool cools, auto picks"),
     ] = "auto",
 ) -> dict[str, Any]:
     done = backend().set(f"thermostat.{room}", {"target_c": temperature_c, "mode": mode})
@@ -137,7 +137,7 @@ def lock_door(
 def set_valve(
     valve: Valve,
     open_percent: Annotated[
-        int, Field(ge=0, le=100, description="0 closes the valve (water off), 100 opens it fully")
+        int, Field(ge=0, le=100, description="0 closes it, 100 opens it fully")
     ],
 ) -> dict[str, Any]:
     done = backend().set(f"valve.{valve}", {"open_percent": open_percent})

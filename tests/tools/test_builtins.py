@@ -142,9 +142,15 @@ def test_schema_details(builtins: Registry) -> None:
     assert thermostat["temperature_c"] == {"maximum": 30, "minimum": 5, "type": "number"}
     assert thermostat["mode"] == {
         "default": "auto",
+        "description": "heat warms, cool cools, auto picks",
         "enum": ["heat", "cool", "auto", "off"],
         "type": "string",
     }
+    # which way a boolean or a percentage goes: the 0.5B read "unlock" as locked=true
+    lock = builtins.get("lock_door").spec.parameters["properties"]["locked"]
+    assert lock["description"] == "true locks the door, false unlocks it"
+    valve = builtins.get("set_valve").spec.parameters["properties"]["open_percent"]
+    assert valve["description"] == "0 closes it, 100 opens it fully"
     units = builtins.get("convert_units").spec.parameters["properties"]
     assert "kWh" in units["from_unit"]["enum"] and units["from_unit"] == units["to_unit"]
     limit = builtins.get("search_notes").spec.parameters["properties"]["limit"]
