@@ -213,6 +213,7 @@ class Agent:
         if self.ladder is None:
             return tiers
         climbed: list[list[Attempt]] = [tiers]
+        upper = self._upper(decide, specs, choice)
         for number, tier in enumerate(self.ladder.tiers, start=1):
             settled, p = self.ladder.settles(
                 climbed[-1], number - 1, dangerous_call=self._calls_dangerous(climbed[-1][-1])
@@ -220,13 +221,23 @@ class Agent:
             climbed[-1][-1] = replace(climbed[-1][-1], p_success=p)
             if settled:
                 break
-            climbed.append(self._tier_attempts(decide, tier.engine, number))
+            climbed.append(self._tier_attempts(upper, tier.engine, number))
         else:
             _, p = self.ladder.settles(climbed[-1], len(self.ladder.tiers))
             climbed[-1][-1] = replace(climbed[-1][-1], p_success=p)
         if len(climbed) == 1 and self.ladder.shadow():
-            return [*self._shadow(decide), *tiers]
+            return [*self._shadow(upper), *tiers]
         return _settled_last(climbed)
+
+    def _upper(self, d: _Decision, specs: list[ToolSpec], choice: str) -> _Decision:
+        """What the tiers above tier 0 decode from: the same, except that with
+        ``ladder.parallel`` they may make several calls in one answer (the
+        1.5B does so well where the 0.5B does not; tier 0 keeps
+        ``agent.parallel_calls``)."""
+        assert self.ladder is not None
+        if d.grammar is None or not self.ladder.parallel or self.settings.parallel_calls:
+            return d
+        return replace(d, grammar=self._grammar(specs, choice, parallel=True))
 
     def _shadow(self, d: _Decision) -> list[Attempt]:
         """Tier 1's answer to a request tier 0 was sure of, kept beside it
@@ -292,11 +303,13 @@ class Agent:
             raise InputError(f"tool_choice names unknown tool {choice!r}")
         return named
 
-    def _grammar(self, specs: list[ToolSpec], choice: str) -> Grammar | None:
+    def _grammar(
+        self, specs: list[ToolSpec], choice: str, *, parallel: bool | None = None
+    ) -> Grammar | None:
         if not specs:
             return None
         options = GrammarOptions(
-            parallel=self.settings.parallel_calls,
+            parallel=self.settings.parallel_calls if parallel is None else parallel,
             allow_text=choice == "auto",
             max_calls=self.settings.max_calls,
             verifier_bounds=frozenset(s.name for s in specs if self._dangerous(s.name)),

@@ -165,6 +165,7 @@ class Assembly:
             sampler(rate),
             unsure=settings.climb_unsure,
             dangerous=settings.dangerous,
+            parallel=settings.parallel_calls,
         )
         return self._ladder
 

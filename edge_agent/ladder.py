@@ -105,6 +105,7 @@ class Ladder:
     shadow: Callable[[], bool] = never
     unsure: bool = True  # climb on P < τ or an answer still invalid after its repair
     dangerous: bool = False  # a call to a dangerous tool is decided by the top tier
+    parallel: bool = False  # the tiers above tier 0 may make several calls in one answer
 
     def threshold_of(self, tier: int) -> float | None:
         """τ of ``tier`` (0 = the agent's engine); None for the top rung,
