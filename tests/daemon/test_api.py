@@ -1,18 +1,17 @@
-"""The HTTP API of a real daemon (SmolLM2): shapes, errors, auth, streaming.
-
-Every bad input gets the right status in OpenAI's error shape, and the
-daemon is still up afterwards (checked after every test).
+"""The HTTP API of a real daemon (SmolLM2): what a real model's answers look
+like through it (calls, text, streams, execution). Shapes, errors, auth,
+idempotency and metrics, where the model does not matter, are in
+``test_api_shapes.py`` (the daemon in-process, with the scripted engine).
+The daemon is still up after every test.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon.conftest import SET_LIGHT, DaemonProcess, chat_body, sse_events
 
@@ -147,21 +146,6 @@ def test_execute_runs_registry_tools_and_attaches_the_steps(api: httpx.Client) -
     assert {"sensor", "room"} <= set(steps[0]["arguments"])
 
 
-def test_idempotency_key_returns_the_stored_answer(
-    api: httpx.Client, smol_daemon: DaemonProcess
-) -> None:
-    key = f"test-{time.time_ns()}"
-    body = chat_body("Say hi.", max_tokens=8)
-    first = api.post("/v1/chat/completions", json=body, headers={"idempotency-key": key})
-    again = api.post("/v1/chat/completions", json=body, headers={"idempotency-key": key})
-    assert first.status_code == again.status_code == 200
-    assert first.json() == again.json()
-    assert len(smol_daemon.rows("WHERE idempotency_key = ?", (key,))) == 1
-    assert_error(
-        api.post("/v1/chat/completions", json=body, headers={"idempotency-key": "k" * 300}), 400
-    )
-
-
 def test_client_disconnecting_mid_stream(api: httpx.Client, smol_daemon: DaemonProcess) -> None:
     body = chat_body("Write a long story about a robot.", stream=True, max_tokens=96)
     with api.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -174,32 +158,3 @@ def test_client_disconnecting_mid_stream(api: httpx.Client, smol_daemon: DaemonP
     )
     assert rows
     assert api.get("/v1/models").status_code == 200
-
-
-def test_metrics_in_prometheus_text_format(api: httpx.Client) -> None:
-    api.post("/v1/chat/completions", json=chat_body("Say hi.", max_tokens=8))
-    response = api.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    families = {f.name: f for f in text_string_to_metric_families(response.text)}
-    for name in (
-        "edge_agent_http_requests",
-        "edge_agent_http_request_duration_seconds",
-        "edge_agent_requests",
-        "edge_agent_tokens",
-        "edge_agent_queue_depth",
-        "edge_agent_busy",
-    ):
-        assert name in families, sorted(families)
-    http = {
-        (s.labels["route"], s.labels["status"])
-        for s in families["edge_agent_http_requests"].samples
-        if s.name.endswith("_total")
-    }
-    assert ("/v1/chat/completions", "200") in http
-    tokens = {
-        s.labels["kind"]: s.value
-        for s in families["edge_agent_tokens"].samples
-        if s.name.endswith("_total")
-    }
-    assert tokens["prompt"] > 0 and tokens["completion"] > 0

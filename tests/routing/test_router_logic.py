@@ -35,24 +35,18 @@ from edge_agent.toolbox.registry import Registry
 from tests.fakes import ScriptedEngine
 from tests.offload import conftest as offload
 from tests.offload.conftest import Answer, completion, free_port, tool_call
-from tests.routing.test_router import HOUSE_TOOLS, Clock, enterable
+from tests.routing import test_router as real
+from tests.routing.test_router import Clock, enterable
 
 pki = offload.pki
 scripted = offload.scripted
+registry = real.registry  # the same house tools as the real-model tests
 
 KITCHEN_ON = (
     '<tool_call>\n{"name": "set_light", "arguments": {"room": "kitchen", "on": true}}\n</tool_call>'
 )
 SURE, UNSURE = -0.01, -4.0  # the fake's log-probability per token: p≈0.95, p≈0.01
 MODEL = "cloud-model"
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    folder = enterable(tmp_path_factory.mktemp("house-tools"))
-    (folder / "house.py").write_text(HOUSE_TOOLS)
-    (folder / "house.py").chmod(0o644)
-    return Registry.from_dirs(folder, builtin=False)
 
 
 @dataclass
