@@ -42,8 +42,9 @@ def register(subparsers: Any) -> None:
         "--mode",
         default="ladder",
         metavar="|".join(MODES),
-        help="default: ladder (the default configuration: tier 0, climbing to the "
-        "[ladder] tiers when unsure); slm = tier 0 alone",
+        help="default: ladder (the default configuration: tier 0, climbing as [ladder] "
+        "says: calls to dangerous tools, which BFCL's are not, and with climb_unsure or "
+        "--ladder-threshold unsure answers); slm = tier 0 alone",
     )
     p.add_argument(
         "--ladder-threshold",
