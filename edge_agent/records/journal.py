@@ -98,6 +98,9 @@ Status = Literal["accepted", "running", "queued", "done", "failed", "declined"]
 Source = Literal["cli", "api", "mqtt", "automation", "bench"]
 SOURCES: tuple[str, ...] = ("cli", "api", "mqtt", "automation", "bench")
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "declined"})
+# "a finished request" in SQL, with its parameters: what retention may delete
+_FINISHED = f"status IN ({', '.join('?' * len(TERMINAL))})"
+_FINISHED_ARGS = tuple(sorted(TERMINAL))
 
 # Which statuses each transition may start from.
 _FROM: dict[str, tuple[str, ...]] = {
@@ -499,11 +502,10 @@ class Journal:
     def prune(self, before: float) -> int:
         """Delete finished requests last updated before ``before`` (epoch s),
         with their attempts. Audit rows are kept. Returns how many went."""
-        marks = ", ".join("?" * len(TERMINAL))
         with self._write() as db:
             cur = db.execute(
-                f"DELETE FROM requests WHERE status IN ({marks}) AND updated_at < ?",  # noqa: S608
-                (*sorted(TERMINAL), before),
+                f"DELETE FROM requests WHERE {_FINISHED} AND updated_at < ?",  # noqa: S608
+                (*_FINISHED_ARGS, before),
             )
             return cur.rowcount
 
@@ -513,20 +515,19 @@ class Journal:
         audit rows stay, so it may stay above the bound. SQLite keeps freed
         pages in the file for reuse: the file stops growing rather than
         shrinking. Returns how many went."""
-        marks = ", ".join("?" * len(TERMINAL))
         gone = 0
         while (used := self.used_bytes()) > max_bytes:
             with self._write() as db:
                 finished = db.execute(
-                    f"SELECT COUNT(*) FROM requests WHERE status IN ({marks})",  # noqa: S608
-                    sorted(TERMINAL),
+                    f"SELECT COUNT(*) FROM requests WHERE {_FINISHED}",  # noqa: S608
+                    _FINISHED_ARGS,
                 ).fetchone()[0]
                 # as many as the excess is of the data, assuming rows of like size
                 batch = max(1, math.ceil(finished * (used - max_bytes) / used))
                 cur = db.execute(
                     f"DELETE FROM requests WHERE id IN (SELECT id FROM requests "  # noqa: S608
-                    f"WHERE status IN ({marks}) ORDER BY updated_at, rowid LIMIT ?)",
-                    (*sorted(TERMINAL), batch),
+                    f"WHERE {_FINISHED} ORDER BY updated_at, rowid LIMIT ?)",
+                    (*_FINISHED_ARGS, batch),
                 )
             if cur.rowcount <= 0:
                 break

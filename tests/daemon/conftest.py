@@ -93,8 +93,38 @@ def smol_config(**server: Any) -> dict[str, dict[str, Any]]:
     }
 
 
+class OnLoopback:
+    """A daemon listening on 127.0.0.1:``port``, with its API token if any:
+    where a test sends its requests, and how."""
+
+    port: int
+    token: str | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=600, **kwargs)
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    """An error in OpenAI's shape, with this status (and code)."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
 @dataclass
-class DaemonProcess:
+class DaemonProcess(OnLoopback):
     """One ``edge-agent run`` subprocess and what a test needs to talk to it."""
 
     proc: subprocess.Popen[bytes]
@@ -105,22 +135,11 @@ class DaemonProcess:
     log_file: Any = field(repr=False)
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.token}"} if self.token else {}
-
-    @property
     def journal(self) -> Path:
         return self.state_dir / "journal.db"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=self.headers, timeout=600, **kwargs)
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -32,28 +32,17 @@ from edge_agent.runtime.api import create_app
 from edge_agent.runtime.daemon import Daemon, Live, listen
 from edge_agent.sandbox import ProcessSandbox
 from edge_agent.toolbox.registry import Registry
-from tests.daemon.conftest import TOKEN
+from tests.daemon.conftest import TOKEN, OnLoopback
 
 E = TypeVar("E", bound=Engine)
 
 
 @dataclass
-class InProcessDaemon(Generic[E]):
+class InProcessDaemon(OnLoopback, Generic[E]):
     daemon: Daemon
     engine: E
     port: int
     token: str | None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.token}"} if self.token else {}
-
-    def client(self, timeout: float = 30) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout)
 
 
 @contextmanager

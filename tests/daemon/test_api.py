@@ -26,16 +26,6 @@ def api(smol_daemon: DaemonProcess) -> Iterator[httpx.Client]:
     assert httpx.get(f"{smol_daemon.url}/healthz", timeout=5).status_code == 200
 
 
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["message"]
-    if code is not None:
-        assert error["code"] == code, error
-    return error
-
-
 # ---------------------------------------------------------------- with the model
 
 

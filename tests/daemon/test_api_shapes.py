@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon.conftest import SET_LIGHT, TOKEN, chat_body, sse_events
+from tests.daemon.conftest import SET_LIGHT, TOKEN, assert_error, chat_body, sse_events
 from tests.daemon.in_process import InProcessDaemon, in_process_daemon
 from tests.fakes import ScriptedEngine
 
@@ -40,16 +40,6 @@ def api(fake: InProcessDaemon) -> Iterator[httpx.Client]:
     with fake.client() as client:
         yield client
     assert httpx.get(f"{fake.url}/healthz", timeout=5).status_code == 200
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["message"]
-    if code is not None:
-        assert error["code"] == code, error
-    return error
 
 
 def test_healthz_needs_no_token_and_says_nothing_more(fake: InProcessDaemon) -> None:
