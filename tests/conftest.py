@@ -26,7 +26,7 @@ TEST_THREADS = 2
 # one (directly or through another fixture) is a model test, marked or not.
 MODEL_FIXTURES = frozenset({
     "qwen", "smol", "qwen15", "guided_qwen", "slm", "llm", "llm_server",
-    "models_ready", "smol_daemon", "spawn", "spawn_daemon",
+    "models_ready", "smol_daemon", "spawn", "spawn_daemon", "standin",
 })  # fmt: skip
 
 

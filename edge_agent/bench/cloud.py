@@ -5,11 +5,12 @@ local stand-in for one.
 user runs, over HTTPS, with a budget that prices every call but never refuses
 one: a benchmark measures cost, it does not cap it.
 
-``standin_llm`` serves the LLM stand-in (the LLM-only baseline of ``bench``) with
-llama-cpp-python's OpenAI-compatible server on 127.0.0.1, over TLS with a
-throwaway CA and a bearer token, so that the "cloud" path is the real one:
-HTTP, TLS, tokens, the tool-call format of a real server. It needs the
-``dev`` extras (``llama-cpp-python[server]``, ``trustme``).
+``standin_llm`` starts the LLM stand-in (the LLM rows of ``bench``):
+:mod:`edge_agent.bench.standin` serving a bigger local model on 127.0.0.1,
+over TLS with a throwaway CA and a bearer token, so that the "cloud" path is
+the real one: HTTP, TLS, tokens, and tool calls in the model's native format
+parsed the way a hosted server parses them. It needs ``trustme`` (the
+``dev`` extras) for the certificates.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from edge_agent.routing.router import Mode
 
 START_TIMEOUT_S = 300.0
+STANDIN_ALIAS = "llm"
 DEFAULT_PRICE = (0.15, 0.60)
 """Cloud price per 1M input and output tokens: a small hosted model's list
 price in 2025 (USD). The benchmark's CPS ratio depends on it; pass your own."""
@@ -49,7 +51,7 @@ class Endpoint:
 
 
 def routed_solver_for(  # noqa: PLR0913 - keyword-only options
-    mode: Mode,
+    mode: str,
     endpoint: Endpoint,
     *,
     closing: contextlib.ExitStack,
@@ -57,7 +59,7 @@ def routed_solver_for(  # noqa: PLR0913 - keyword-only options
     threshold: float | None = None,
     confidence: Path | None = None,
 ) -> SolverFactory:
-    from edge_agent.bench.bfcl_run import routed_solver
+    from edge_agent.bench.bfcl_run import SCHEMA_SUFFIX, routed_solver
     from edge_agent.config import RouterSettings
     from edge_agent.routing.budget import Budget, BudgetSettings, MemoryLedger, ModelPrice
     from edge_agent.routing.confidence import load_confidence
@@ -65,6 +67,9 @@ def routed_solver_for(  # noqa: PLR0913 - keyword-only options
     from edge_agent.routing.offload.settings import HttpsOffloadSettings
     from edge_agent.routing.router import cloud_for
 
+    route: Mode = "cascade" if mode == "cascade" else "llm"
+    if mode == "llm-schema":  # the stand-in's second model id: the same model, schema enforced
+        endpoint = replace(endpoint, model=(endpoint.model or STANDIN_ALIAS) + SCHEMA_SUFFIX)
     # A benchmark waits for slow answers rather than scoring a timeout.
     fields: dict[str, object] = {"base_url": endpoint.url, "read_timeout_s": 600}
     for key, value in (
@@ -85,7 +90,7 @@ def routed_solver_for(  # noqa: PLR0913 - keyword-only options
     transport = HttpsTransport(https)
     closing.callback(transport.close)  # the connection pool outlives one item
     cloud = cloud_for(transport, Budget(unlimited, MemoryLedger()), routing.link)
-    return routed_solver(mode, cloud, load_confidence(confidence), routing)
+    return routed_solver(route, cloud, load_confidence(confidence), routing)
 
 
 def parse_price(text: str) -> tuple[float, float]:
@@ -125,23 +130,20 @@ def standin_llm(model: str, threads: int, *, n_ctx: int = 4096) -> Iterator[Endp
         token_file.chmod(0o600)
         port = _free_port()
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(path), "--model_alias", "llm",
-            "--host", "127.0.0.1", "--port", str(port),
-            # With the GGUF's own template the server answers tools with fenced
-            # JSON in content; this format returns standard tool_calls.
-            "--chat_format", "chatml-function-calling",
-            "--ssl_keyfile", str(work / "key.pem"), "--ssl_certfile", str(work / "cert.pem"),
-            "--api_key", token,
-            "--n_threads", str(threads), "--n_threads_batch", str(threads),
-            "--n_ctx", str(n_ctx),
+            sys.executable, "-m", "edge_agent.bench.standin",
+            "--model", str(path), "--alias", STANDIN_ALIAS,
+            "--port", str(port),
+            "--certfile", str(work / "cert.pem"), "--keyfile", str(work / "key.pem"),
+            "--token-file", str(token_file),
+            "--threads", str(threads), "--n-ctx", str(n_ctx),
         ]  # fmt: skip
         log_path = work / "server.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
             try:
                 _wait_for(port, proc, log_path)
-                yield Endpoint(f"https://127.0.0.1:{port}/v1", "llm", token_file, work / "ca.pem")
+                url = f"https://127.0.0.1:{port}/v1"
+                yield Endpoint(url, STANDIN_ALIAS, token_file, work / "ca.pem")
             finally:
                 proc.terminate()
                 try:
