@@ -130,12 +130,17 @@ MODES: dict[str, SolverFactory | None] = {
     "slm": local_solver(constrained=True),
     "slm-nogrammar": local_solver(constrained=False),
     "llm": None,
+    "llm-schema": None,
     "cascade": None,
 }
 """Mode name → solver; the routed modes (None here) need a cloud, so their
 solver comes from :func:`routed_solver`, and ``ladder`` needs the tiers
 (``local_solver(True, ladder)``)."""
-ROUTED_MODES = frozenset({"llm", "cascade"})
+ROUTED_MODES = frozenset({"llm", "llm-schema", "cascade"})
+SCHEMA_SUFFIX = "+schema"
+"""``llm-schema`` asks the endpoint for model ``<model>+schema``: the
+stand-in (:mod:`edge_agent.bench.standin`) then enforces each tool's schema
+while decoding, the "LLM with schema" row of the ablation."""
 
 
 @dataclass(frozen=True)
@@ -494,6 +499,7 @@ def _score_routed(
         p_success=routed.decision.p,
         features=routed.features.to_json() if routed.features else None,
         slm_correct=slm_correct,
+        tier="cloud" if routed.offload is not None else 0,
     )
 
 

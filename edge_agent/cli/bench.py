@@ -164,7 +164,7 @@ def _routed_solver(args: argparse.Namespace, closing: contextlib.ExitStack) -> S
         raise BenchError(f"mode {args.mode} needs --llm-url", hint="an OpenAI-compatible …/v1 URL")
     endpoint = Endpoint(args.llm_url, args.llm_model, args.llm_token_file, args.llm_ca)
     return routed_solver_for(
-        "llm" if args.mode == "llm" else "cascade",
+        args.mode,
         endpoint,
         closing=closing,
         price=parse_price(args.price),
@@ -189,6 +189,13 @@ def _add_ablation(kinds: Any) -> None:
     add_endpoint_flags(p.add_argument_group("a real endpoint instead of the stand-in"))
     p.add_argument("--threads", type=int, metavar="N", help="llama.cpp threads")
     p.add_argument("--threshold", type=float, metavar="TAU", help="cascade τ (default 0.6)")
+    p.add_argument(
+        "--ladder-threshold",
+        type=float,
+        metavar="TAU",
+        help="row ladder: climb from tier 0 below this P(success) too (the default ladder "
+        "climbs only for dangerous tools, which BFCL has none of)",
+    )
     p.add_argument("--confidence", type=Path, metavar="FILE", help="ONNX confidence model")
     p.add_argument("--price", default="0.15,0.60", metavar="IN,OUT", help="per 1M tokens")
     p.add_argument("--kwh-price", type=float, default=0.30, metavar="PRICE", help="per kWh")
@@ -207,6 +214,7 @@ def run_ablation_command(args: argparse.Namespace) -> int:
         write_outputs,
     )
     from edge_agent.bench.cloud import parse_price
+    from edge_agent.config import RouterSettings
 
     options = AblationOptions(
         bfcl=args.bfcl,
@@ -215,6 +223,7 @@ def run_ablation_command(args: argparse.Namespace) -> int:
         modes=[m for m in args.modes.split(",") if m],
         limit=args.limit,
         kwh_price=args.kwh_price,
+        threshold=RouterSettings().threshold if args.threshold is None else args.threshold,
     )
     options.check()
     price = parse_price(args.price)
@@ -263,7 +272,7 @@ def _ablation_runner(
         solver = None
         if mode in ROUTED_MODES:
             solver = routed_solver_for(
-                "llm" if mode == "llm" else "cascade",
+                mode,
                 endpoint(),
                 closing=stack,
                 price=price,
@@ -278,6 +287,7 @@ def _ablation_runner(
             )
         data = report.to_json()
         data["llm"] = (args.llm_model or args.llm) if mode in ROUTED_MODES else None
+        data["ladder"] = [t.name for t in ladder.tiers] if ladder is not None else None
         print(f"{category} {mode}: accuracy {data['accuracy']:.3f}", file=sys.stderr)
         return data
 
