@@ -106,8 +106,8 @@ def parse_price(text: str) -> tuple[float, float]:
 
 @contextlib.contextmanager
 def standin_llm(model: str, threads: int, *, n_ctx: int = 4096) -> Iterator[Endpoint]:
-    """llama-cpp-python's server for ``model`` on a free loopback port, TLS
-    and token; stopped on exit."""
+    """The stand-in (:mod:`edge_agent.bench.standin`) serving ``model`` on a
+    free loopback port, with TLS and a token; stopped on exit."""
     try:
         import trustme
     except ImportError:

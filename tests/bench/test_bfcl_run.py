@@ -207,7 +207,7 @@ def test_percentile() -> None:
 
 def test_sample_categories_are_known() -> None:
     assert set(SAMPLE_CATEGORIES) <= CATEGORIES
-    assert set(MODES) == {"ladder", "slm", "slm-nogrammar", "llm", "cascade"}
+    assert set(MODES) == {"ladder", "slm", "slm-nogrammar", "llm", "llm-schema", "cascade"}
     # The routed modes need a cloud, and ladder the tiers: their solvers are built per run.
     assert {m for m, solver in MODES.items() if solver is None} == ROUTED_MODES | {"ladder"}
 
