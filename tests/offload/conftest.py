@@ -172,7 +172,7 @@ def llm_server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         "--host", "127.0.0.1", "--port", str(port),
         "--chat_format", "chatml-function-calling",
         "--ssl_keyfile", str(pki.key_file), "--ssl_certfile", str(pki.cert_file),
-        "--api_key", token,
+        f"--api_key={token}",  # one argument: a token may start with "-"
         "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "4096",
     ]  # fmt: skip
     with log.open("wb") as out:
