@@ -61,7 +61,7 @@ MAX_TOKENS = 512
 
 @dataclass(frozen=True)
 class Reply:
-    """One answer: what the model wrote (with any forced opening), parsed."""
+    """One answer: what the model wrote, and that text parsed."""
 
     text: str
     parsed: ParsedOutput
