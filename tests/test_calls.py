@@ -16,6 +16,7 @@ from edge_agent.decoding.calls import (
     CALL_OPEN,
     ParsedOutput,
     ToolCall,
+    closes_a_repeat,
     parse_output,
     render_call,
 )
@@ -92,7 +93,11 @@ def test_openai_function_shape_with_string_arguments() -> None:
         "function": {"name": "set_light", "arguments": json.dumps(LIGHT.arguments)},
     }
     assert parse_output(json.dumps(item)).calls == (LIGHT,)
-    assert parse_output(json.dumps([item, item])).calls == (LIGHT, LIGHT)
+    note = {
+        "type": "function",
+        "function": {"name": "add_note", "arguments": json.dumps(NOTE.arguments)},
+    }
+    assert parse_output(json.dumps([item, note])).calls == (LIGHT, NOTE)
 
 
 def test_parameters_is_accepted_for_arguments_and_missing_arguments_are_empty() -> None:
@@ -221,3 +226,36 @@ def test_parallel_blocks_with_tags_inside_their_strings() -> None:
 def test_an_unclosed_unreadable_block_is_still_a_parse_error() -> None:
     parsed = parse_output('<tool_call>\n{"name": "add_note", "arguments": {"text": "cut')
     assert parsed.calls == () and len(parsed.errors) == 1
+
+
+# --- a model caught in a loop -------------------------------------------------------------
+
+
+def test_a_call_repeated_word_for_word_is_kept_once() -> None:
+    # Key order is not a difference: the repeat is the same call.
+    reordered = '{"arguments": {"on": true, "room": "kitchen"}, "name": "set_light"}'
+    text = "\n".join(
+        [tagged(LIGHT), tagged(NOTE), tagged(LIGHT), f"<tool_call>{reordered}</tool_call>"]
+    )
+    assert parse_output(text).calls == (LIGHT, NOTE)
+    assert parse_output(f"[{bare(LIGHT)}, {bare(LIGHT)}]").calls == (LIGHT,)
+
+
+def test_calls_that_differ_in_one_argument_are_both_kept() -> None:
+    other = ToolCall("set_light", {"room": "kitchen", "on": False})
+    assert parse_output(f"{tagged(LIGHT)}\n{tagged(other)}").calls == (LIGHT, other)
+
+
+@pytest.mark.parametrize(
+    ("text", "repeats"),
+    [
+        (f"{tagged(LIGHT)}\n{tagged(NOTE)}\n{tagged(LIGHT)}", True),
+        (f"{tagged(LIGHT)}\n{tagged(LIGHT)}\n", True),
+        (f"{tagged(LIGHT)}\n{tagged(NOTE)}", False),
+        (tagged(LIGHT), False),
+        (f"{tagged(LIGHT)}\n<tool_call>\n{bare(LIGHT)}", False),  # not closed yet
+        (f"{tagged(LIGHT)}\n<tool_call>\n{{broken}}\n</tool_call>", False),
+    ],
+)
+def test_closes_a_repeat_is_asked_after_each_closing_tag(text: str, *, repeats: bool) -> None:
+    assert closes_a_repeat(text) is repeats

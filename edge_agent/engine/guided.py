@@ -87,7 +87,7 @@ import llguidance
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.decoding.calls import CALL_CLOSE, CALL_OPEN
+from edge_agent.decoding.calls import CALL_CLOSE, CALL_OPEN, closes_a_repeat
 from edge_agent.decoding.grammar import Grammar, lark_grammar
 from edge_agent.engine.base import FinishReason, Generation, Timings, TokenScore
 from edge_agent.engine.prefix_cache import reuse_prefix, truncate
@@ -103,6 +103,7 @@ log = logging.getLogger(__name__)
 _TEXT_RULE = "text-answer"
 _MAX_GRAMMARS = 64
 _TAGS = (CALL_OPEN.strip(), CALL_CLOSE.strip())
+_CLOSE_BYTES = CALL_CLOSE.strip().encode()
 # First visible characters that open a call (the hard grammar's text answer
 # may not start with them either).
 _CALL_STARTS = ("{", "[", "<", "`")
@@ -488,7 +489,7 @@ class _Run:
             forced = self._advance(token)
             if self._stopped_by_client(token, forced):
                 return first_at, "stop"
-            if self.c.active is not None and self.c.active.is_stopped():
+            if self.c.active is not None and (self.c.active.is_stopped() or self._repeated()):
                 self._finish_forced(token, forced)
                 return first_at, "stop"
             pending = [token, *forced]
@@ -720,6 +721,13 @@ class _Run:
             self.out += self.shared.piece(tok)
         self.n.forced += len(forced)
         return forced
+
+    def _repeated(self) -> bool:
+        """A call block just closed and repeats an earlier one: the model is
+        looping, and the parser drops the repeat anyway."""
+        if self.c.plain or not self.out.rstrip().endswith(_CLOSE_BYTES):
+            return False
+        return closes_a_repeat(self.out.decode("utf-8", errors="replace"))
 
     def _room(self) -> int:
         """How many forced tokens still fit under max_tokens (and in one batch)."""

@@ -17,7 +17,7 @@ import pytest
 
 from edge_agent.agent import Agent, system_for
 from edge_agent.config import AgentSettings, EdgeAgentConfig
-from edge_agent.decoding.calls import CALL_CLOSE, CALL_OPEN, parse_output
+from edge_agent.decoding.calls import CALL_CLOSE, CALL_OPEN, ToolCall, parse_output
 from edge_agent.decoding.grammar import GrammarOptions, build_grammar, lark_grammar
 from edge_agent.decoding.prompts import build_prompt, user_message
 from edge_agent.decoding.schema import ToolSpec, normalize_tools
@@ -431,6 +431,22 @@ def test_required_is_constrained_from_the_first_token(
     assert out.stats.triggered_at is None  # no trigger needed: active from the start
     assert out.stats.grammar_steps >= 1
     assert_valid_call(out.text, HOME_TOOLS)
+
+
+def test_decoding_stops_at_the_first_repeated_call(smol: LlamaEngine) -> None:
+    """SmolLM2 asked to ping a host three times writes the same tagged call
+    until ``max_tokens`` (measured: 7 blocks, cut at 200 tokens, without
+    the rule); the engine stops at the first repeat and the parser keeps
+    one call."""
+    ping = {"type": "object", "properties": {"host": {"type": "string"}}, "required": ["host"]}
+    tools = normalize_tools([{"name": "ping", "description": "Ping a host.", "parameters": ping}])
+    request = "Ping example.com, then ping example.com again, then once more."
+    prompt = build_prompt(smol.chat_template, [user_message(request)], tools)
+    grammar = build_grammar(tools, GrammarOptions(parallel=True))
+    out = GuidedLlamaEngine(smol).generate(prompt, grammar=grammar, max_tokens=200)
+    assert out.finish_reason == "stop"
+    assert out.text.count(CALL_OPEN.strip()) == 2, out.text
+    assert parse_output(out.text).calls == (ToolCall("ping", {"host": "example.com"}),)
 
 
 def test_tagged_call_is_matched_by_the_special_tokens(guided_qwen: GuidedLlamaEngine) -> None:
