@@ -128,12 +128,15 @@ class Assembly:
         name = model or settings.name or ""
         if name not in self._engines:
             self._status(f"loading {name or 'the default model'}…")
-            self._engines[name] = self._loader()(
+            engine = self._loader()(
                 model or settings.name,
                 n_ctx=settings.n_ctx,
                 n_threads=n_threads or settings.n_threads,
                 engine=settings.engine,
             )
+            if model is None:
+                engine = with_call_bias(engine, settings.call_bias)
+            self._engines[name] = engine
         return self._engines[name]
 
     def _loader(self) -> EngineLoader:
@@ -172,10 +175,7 @@ class Assembly:
     def _tier(self, settings: TierSettings, warm_tools: Registry | None) -> Tier:
         def load() -> Engine:
             engine = self.engine(settings.name, n_threads=settings.n_threads)
-            with_options = getattr(engine, "with_options", None)
-            if settings.call_bias is not None and with_options is not None:
-                return cast("Engine", with_options(call_bias=settings.call_bias))
-            return engine
+            return with_call_bias(engine, settings.call_bias)
 
         def on_load(engine: Engine) -> None:
             if warm_tools is not None and self.config.model.prefix_cache:
@@ -325,6 +325,15 @@ class Assembly:
         agent.settings = cascade_agent_settings(agent.settings)
         judge = confidence or self.confidence()
         return Router(agent, judge, self.config.router, cloud=cloud, store=store)
+
+
+def with_call_bias(engine: Engine, bias: float | None) -> Engine:
+    """``engine`` with its call-intent rule at ``bias`` (the llguidance engine
+    only; the GBNF engine has no such rule and is returned as it is)."""
+    with_options = getattr(engine, "with_options", None)
+    if bias is None or with_options is None:
+        return engine
+    return cast("Engine", with_options(call_bias=bias))
 
 
 def _available_memory() -> int:

@@ -64,6 +64,14 @@ class ModelSettings(BaseModel):
             "gbnf = llama.cpp's GBNF sampler, the fallback"
         ),
     )
+    call_bias: float | None = Field(
+        None,
+        ge=-20,
+        le=100,
+        description="tier 0's call-intent rule, as [[ladder.tiers]] call_bias: with tool_choice "
+        "auto, open a call when the best call-opening token plus this many logits beats the "
+        "best text token; None: the grammar's plain first choice (llguidance engine only)",
+    )
     prefix_cache: bool = Field(
         True,
         description=(

@@ -89,3 +89,26 @@ def test_one_spelling_of_the_endpoint_flags_with_the_old_ones_as_aliases() -> No
     )
     bridge = parser.parse_args(["cloud-bridge", "--llm-url", "https://e/v1", "--model", "m"])
     assert (bridge.llm_url, bridge.llm_model) == ("https://e/v1", "m")
+
+
+class _OptionsEngine:
+    """A fake engine that records ``with_options``: what is checked is the
+    assembly's wiring of the config, not decoding."""
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        self.options = options or {}
+
+    def with_options(self, **options: Any) -> _OptionsEngine:
+        return _OptionsEngine({**self.options, **options})
+
+
+def test_tier_0_gets_the_models_call_bias_and_a_tier_its_own() -> None:
+    config = EdgeAgentConfig.model_validate(
+        {"model": {"call_bias": -2.0}, "ladder": {"tiers": [{"name": "big", "call_bias": 1.5}]}}
+    )
+    parts = Assembly(config, load=lambda model, **_: _OptionsEngine())
+    assert parts.engine().options == {"call_bias": -2.0}  # type: ignore[attr-defined]
+    tier = parts._tier(config.ladder.tiers[0], None)  # the ladder's own builder of a rung
+    assert tier.engine.options == {"call_bias": 1.5}  # type: ignore[attr-defined]
+    unset = Assembly(EdgeAgentConfig(), load=lambda model, **_: _OptionsEngine())
+    assert unset.engine().options == {}  # type: ignore[attr-defined]
