@@ -70,8 +70,7 @@ def table(items: list[dict[str, Any]], biases: list[float]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for bias in biases:
         rates = [
-            sum(right_at(i, bias) for i in by_category[c]) / len(by_category[c])
-            for c in categories
+            sum(right_at(i, bias) for i in by_category[c]) / len(by_category[c]) for c in categories
         ]
         cells = [f"{bias:+.1f}", *[f"{r:.3f}" for r in rates], f"{sum(rates) / len(rates):.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
