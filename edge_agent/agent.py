@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent.config import AgentSettings
-from edge_agent.decoding.calls import ParsedOutput, ToolCall, parse_output
+from edge_agent.decoding.calls import ParsedOutput, ToolCall, parse_output, render_call
 from edge_agent.decoding.grammar import Grammar, GrammarOptions, build_grammar
 from edge_agent.decoding.prompts import (
     Message,
@@ -221,12 +221,13 @@ class Agent:
             climbed[-1][-1] = replace(climbed[-1][-1], p_success=p)
             if settled:
                 break
-            climbed.append(self._tier_attempts(upper, tier.engine, number))
+            draft = self._draft(climbed[-1][-1])
+            climbed.append(self._tier_attempts(upper, tier.engine, number, draft=draft))
         else:
             _, p = self.ladder.settles(climbed[-1], len(self.ladder.tiers))
             climbed[-1][-1] = replace(climbed[-1][-1], p_success=p)
         if len(climbed) == 1 and self.ladder.shadow():
-            return [*self._shadow(upper), *tiers]
+            return [*self._shadow(upper, tiers[-1]), *tiers]
         return _settled_last(climbed)
 
     def _upper(self, d: _Decision, specs: list[ToolSpec], choice: str) -> _Decision:
@@ -239,16 +240,31 @@ class Agent:
             return d
         return replace(d, grammar=self._grammar(specs, choice, parallel=True))
 
-    def _shadow(self, d: _Decision) -> list[Attempt]:
+    def _shadow(self, d: _Decision, sure: Attempt) -> list[Attempt]:
         """Tier 1's answer to a request tier 0 was sure of, kept beside it
         as a label (see :class:`~edge_agent.ladder.Ladder`), never used."""
         assert self.ladder is not None
-        checked = self._tier_attempts(d, self.ladder.tiers[0].engine, 1)
+        engine = self.ladder.tiers[0].engine
+        checked = self._tier_attempts(d, engine, 1, draft=self._draft(sure))
         return [replace(a, kind="shadow") for a in checked]
 
-    def _tier_attempts(self, d: _Decision, engine: Engine, tier: int) -> list[Attempt]:
+    def _draft(self, below: Attempt) -> str | None:
+        """The verified calls of the tier below, written as the tiers write
+        calls: the draft the next tier checks (``ladder.draft``). A text
+        answer is no draft: the tier above rarely words it the same way."""
+        assert self.ladder is not None
+        calls = _verified(below)
+        if not self.ladder.draft or not calls:
+            return None
+        return "\n".join(render_call(call) for call in calls)
+
+    def _tier_attempts(
+        self, d: _Decision, engine: Engine, tier: int, *, draft: str | None = None
+    ) -> list[Attempt]:
         """One tier's initial attempt and up to ``repair_attempts`` repairs."""
-        attempt = self._attempt(engine, "initial", d.messages, d.specs, d.grammar, d.allow_text)
+        attempt = self._attempt(
+            engine, "initial", d.messages, d.specs, d.grammar, d.allow_text, draft=draft
+        )
         attempts = [replace(attempt, step=d.step, tier=tier)]
         messages = d.messages
         for _ in range(self.settings.repair_attempts):
@@ -373,11 +389,15 @@ class Agent:
         specs: list[ToolSpec],
         grammar: Grammar | None,
         allow_text: bool,
+        *,
+        draft: str | None = None,
     ) -> Attempt:
         prompt = build_prompt(
             engine.chat_template, messages, specs, system=self.system(specs, allow_text)
         )
-        generation = engine.generate(prompt, grammar=grammar, max_tokens=self.max_tokens)
+        generation = engine.generate(
+            prompt, grammar=grammar, max_tokens=self.max_tokens, draft=draft
+        )
         # With no tool offered, whatever the model writes is its answer, even
         # JSON (an echo of a tool result): there is no call to recover.
         parsed = (

@@ -169,6 +169,7 @@ class Assembly:
             unsure=settings.climb_unsure,
             dangerous=settings.dangerous,
             parallel=settings.parallel_calls,
+            draft=settings.draft,
         )
         return self._ladder
 

@@ -173,6 +173,12 @@ class LadderSettings(BaseModel):
         "the held-out home requests it made 3 more of them right (two-call requests 0 -> 3 "
         "of 11) but once added a main water valve opened to 100% to a bedtime request",
     )
+    draft: bool = Field(
+        True,
+        description="a tier that climbs from a call reads the call below it as a draft: it "
+        "checks the draft in one batch and decodes only from where it disagrees, so its "
+        "answer is its own, for fewer decode steps (llguidance engine only)",
+    )
     climb_unsure: bool = Field(
         False,
         description="also climb when tier 0 is unsure (P(success) < threshold) or its call "

@@ -106,6 +106,7 @@ class Ladder:
     unsure: bool = True  # climb on P < τ or an answer still invalid after its repair
     dangerous: bool = False  # a call to a dangerous tool is decided by the top tier
     parallel: bool = False  # the tiers above tier 0 may make several calls in one answer
+    draft: bool = False  # a tier that climbs from a call reads that call as its draft
 
     def threshold_of(self, tier: int) -> float | None:
         """τ of ``tier`` (0 = the agent's engine); None for the top rung,

@@ -37,9 +37,14 @@ class ScriptedEngine:
         return self.name
 
     def generate(
-        self, prompt: str, *, grammar: Grammar | None = None, max_tokens: int = 256
+        self,
+        prompt: str,
+        *,
+        grammar: Grammar | None = None,
+        max_tokens: int = 256,
+        draft: str | None = None,
     ) -> Generation:
-        del grammar, max_tokens
+        del grammar, max_tokens, draft
         self.prompts.append(prompt)
         text = self.texts[min(len(self.prompts) - 1, len(self.texts) - 1)]
         pieces = [text[i : i + 4] for i in range(0, len(text), 4)]

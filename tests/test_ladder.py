@@ -121,3 +121,7 @@ def test_by_default_a_dangerous_call_is_decided_by_tier_1(home: Registry) -> Non
     assert [c.to_dict() for c in result.calls] == [
         {"name": "lock_door", "arguments": {"door": "back", "locked": False}}
     ]
+    # Tier 1 read tier 0's call as its draft and took it up to the flag it
+    # disagrees with (ladder.draft, on by default).
+    stats = result.attempts[1].generation.stats  # type: ignore[attr-defined]
+    assert 0 < stats.draft_accepted < stats.drafted

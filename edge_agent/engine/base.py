@@ -72,5 +72,14 @@ class Engine(Protocol):
     def model_name(self) -> str: ...
 
     def generate(
-        self, prompt: str, *, grammar: Grammar | None = None, max_tokens: int = 256
-    ) -> Generation: ...
+        self,
+        prompt: str,
+        *,
+        grammar: Grammar | None = None,
+        max_tokens: int = 256,
+        draft: str | None = None,
+    ) -> Generation:
+        """``draft``: a guess at the output (a lower ladder tier's answer). An
+        engine that can check a guess in one batch keeps the part it agrees
+        with; the output is the same with or without it."""
+        ...

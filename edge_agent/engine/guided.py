@@ -48,6 +48,18 @@ but runs its own decode loop instead of llama.cpp's GBNF sampler:
   the grammar admits no text (``tool_choice`` required or a named tool), it
   applies from the first token, as without ``lazy``.
 
+* **Drafts** (``generate(..., draft=text)``). A guess at the answer, such
+  as the call a smaller model on the ladder proposed, is evaluated in one
+  batch behind the last chosen token, and the model's own choice at each
+  position is compared with it: while they agree, the tokens are taken
+  without a decode step each (speculative decoding, with a draft decoded
+  beforehand). At the first disagreement the rest of the draft is dropped
+  from the KV cache and decoding goes on as usual, so the output is what
+  the model alone writes (up to the near-ties above, which are re-checked
+  the same way), for a fraction of its decode steps.
+  ``DecodeStats.drafted`` and ``draft_accepted`` count the draft's tokens
+  and how many were taken.
+
 Each sampled token's score is taken from the raw logits *before* the mask,
 as in :mod:`edge_agent.engine.llama`. Forced tokens are not decisions of the
 model, and scoring them costs a row of logits each (the output layer is a
@@ -133,6 +145,8 @@ class DecodeStats:
     GBNF sampler decoded this call (and none of the other fields apply).
     ``call_margin``: with a call-intent rule (``call_bias``), the best
     call-opening logit minus the best other one at the first token.
+    ``drafted``/``draft_accepted``: the tokens of a draft and how many of
+    them the model agreed with (see the module notes).
     """
 
     prompt_reused: int = 0
@@ -149,6 +163,8 @@ class DecodeStats:
     forced_at: tuple[int, ...] = ()
     gbnf_fallback: bool = False
     call_margin: float | None = None
+    drafted: int = 0
+    draft_accepted: int = 0
 
     @property
     def ff_share(self) -> float:
@@ -262,7 +278,12 @@ class GuidedLlamaEngine:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
     def generate(
-        self, prompt: str, *, grammar: Grammar | None = None, max_tokens: int = 256
+        self,
+        prompt: str,
+        *,
+        grammar: Grammar | None = None,
+        max_tokens: int = 256,
+        draft: str | None = None,
     ) -> GuidedGeneration:
         tokens = self.tokenize(prompt)
         if len(tokens) + max_tokens > self.n_ctx:
@@ -276,7 +297,10 @@ class GuidedLlamaEngine:
         except UnsupportedSchemaError as exc:
             assert grammar is not None  # no grammar, nothing to read
             return self._fallback(prompt, grammar, max_tokens, exc)
-        return _Run(self, constraint, max_tokens).execute(tokens)
+        run = _Run(self, constraint, max_tokens)
+        if draft:
+            run.draft = list(self._llm.tokenize(draft.encode("utf-8"), add_bos=False, special=True))
+        return run.execute(tokens)
 
     def _fallback(
         self, prompt: str, grammar: Grammar, max_tokens: int, exc: UnsupportedSchemaError
@@ -424,6 +448,8 @@ class _Counters:
     triggered_at: int | None = None
     forced_at: list[int] = field(default_factory=list)
     call_margin: float | None = None
+    drafted: int = 0
+    draft_accepted: int = 0
 
 
 class _Run:
@@ -453,11 +479,19 @@ class _Run:
         self.stream: TextStream | None = None
         if constraint.waiting is not None or (constraint.either and engine.call_bias is not None):
             self._open_tag = self.shared.special_id("<tool_call>")
+        # A guess at the output (see the module notes); ``_spec`` are its
+        # tokens evaluated behind the chosen ones and not yet agreed with,
+        # ``_spec_rows`` the logits after each of them.
+        self.draft: list[int] = []
+        self._spec: list[int] = []
+        self._spec_rows: list[Logits] = []
 
     def execute(self, prompt: list[int]) -> GuidedGeneration:
         start = time.perf_counter()
         reused = reuse_prefix(self.llm, prompt)
+        self.n.drafted = len(self.draft)
         first_at, finish = self._loop(prompt[reused:], start)
+        self._drop_spec()
         end = time.perf_counter()
         timings = Timings(self.e.load_s, first_at - start, end - first_at)
         counters = dataclasses.asdict(self.n)
@@ -469,17 +503,19 @@ class _Run:
     def _loop(self, pending: list[int], start: float) -> tuple[float, FinishReason]:
         first_at = 0.0
         forced: list[int] = []
+        logits: Logits | None = None  # known already when the model agreed with the draft
         while True:
-            if forced and self._batched_from is None:
-                self._batched_from = int(self.llm.n_tokens)
-            rows = self._eval(pending, len(forced) + 1)
-            if not first_at:
-                first_at = time.perf_counter()
-            self._score_forced(forced, rows[:-1])
+            if logits is None:
+                guess = self._guess(pending)
+                if (forced or guess) and self._batched_from is None:
+                    self._batched_from = int(self.llm.n_tokens)
+                logits = self._eval_with_guess(pending, forced, guess)
+                if not first_at:
+                    first_at = time.perf_counter()
             if len(self.tokens) >= self.max_tokens:
                 return first_at, "length"
-            logits = rows[-1]
             if self._batched_from is not None and self._near_tie(logits):
+                self._drop_spec()
                 logits = self._replay(self._batched_from)
                 self._batched_from = None
             token = self._pick(self._biased(logits))
@@ -487,12 +523,67 @@ class _Run:
                 return first_at, "stop"
             self._emit(token, self._score(logits, token))
             forced = self._advance(token)
+            logits = self._follow_draft(token, forced)
+            pending = [] if logits is not None else [token, *forced]
             if self._stopped_by_client(token, forced):
                 return first_at, "stop"
             if self.c.active is not None and (self.c.active.is_stopped() or self._repeated()):
-                self._finish_forced(token, forced)
+                if pending:
+                    self._finish_forced(token, forced)
                 return first_at, "stop"
-            pending = [token, *forced]
+            if logits is not None:
+                forced = []
+
+    # ---- drafts
+
+    def _guess(self, pending: list[int]) -> list[int]:
+        """The draft's tokens after ``pending``, while every token chosen so
+        far agrees with it; as many as fit behind ``pending`` in the last
+        batch and under ``max_tokens``."""
+        done = len(self.tokens)
+        if not done or self.draft[:done] != self.tokens:
+            return []  # not before the first choice: the prompt's logits stay as without a draft
+        n_batch = int(self.llm.n_batch)
+        room = n_batch - 1 - (len(pending) - 1) % n_batch
+        return self.draft[done : done + min(room, self.max_tokens - done)]
+
+    def _eval_with_guess(self, pending: list[int], forced: list[int], guess: list[int]) -> Logits:
+        """Evaluate ``pending`` and the ``guess`` behind it in one batch;
+        score ``forced`` (the tail of ``pending``) and return the logits
+        after ``pending``. The guess's rows are kept for :meth:`_follow_draft`."""
+        n_forced = len(forced) if self.e.score_forced else 0
+        rows = self._eval([*pending, *guess], n_forced + 1 + len(guess))
+        if guess:
+            self._spec = list(guess)
+            self._spec_rows = [row.copy() for row in rows[len(rows) - len(guess) :]]
+            rows = rows[: len(rows) - len(guess)]
+        self._score_forced(forced, rows[:-1])
+        return rows[-1].copy() if guess else rows[-1]
+
+    def _follow_draft(self, token: int, forced: list[int]) -> Logits | None:
+        """After choosing ``token`` (and its ``forced`` tokens): when they are
+        the draft's next tokens, already evaluated, take them and return the
+        logits that follow; otherwise drop the draft from the KV cache and
+        return None, so the loop evaluates them."""
+        taken = [token, *forced]
+        if not self._spec or self._spec[: len(taken)] != taken:
+            self._drop_spec()
+            return None
+        rows = self._spec_rows[: len(taken)]
+        self._spec, self._spec_rows = self._spec[len(taken) :], self._spec_rows[len(taken) :]
+        self.n.draft_accepted += len(taken)
+        if forced:
+            if self.e.score_forced:
+                self.scores.extend(self._score(r, t) for r, t in zip(rows, forced, strict=False))
+            else:
+                self.scores.extend(self._unscored(t) for t in forced)
+        return rows[-1]
+
+    def _drop_spec(self) -> None:
+        """Forget the draft tokens evaluated but not agreed with."""
+        if self._spec:
+            truncate(self.llm, int(self.llm.n_tokens) - len(self._spec))
+            self._spec, self._spec_rows = [], []
 
     # ---- model
 
@@ -504,7 +595,7 @@ class _Run:
         """
         n_batch = int(self.llm.n_batch)
         chunks = [tokens[i : i + n_batch] for i in range(0, len(tokens), n_batch)]
-        n_rows = min(n_rows if self.e.score_forced else 1, len(chunks[-1]))
+        n_rows = min(n_rows, len(chunks[-1]))
         for chunk in chunks[:-1]:
             self._decode(chunk, 1)
         last = chunks[-1]

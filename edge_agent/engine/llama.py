@@ -99,8 +99,14 @@ class LlamaEngine:
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
     def generate(
-        self, prompt: str, *, grammar: Grammar | None = None, max_tokens: int = 256
+        self,
+        prompt: str,
+        *,
+        grammar: Grammar | None = None,
+        max_tokens: int = 256,
+        draft: str | None = None,
     ) -> Generation:
+        del draft  # llama.cpp's sampler checks no guess
         tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         if len(tokens) + max_tokens > self.n_ctx:
             raise InputError(

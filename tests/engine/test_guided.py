@@ -17,7 +17,7 @@ import pytest
 
 from edge_agent.agent import Agent, system_for
 from edge_agent.config import AgentSettings, EdgeAgentConfig
-from edge_agent.decoding.calls import CALL_CLOSE, CALL_OPEN, ToolCall, parse_output
+from edge_agent.decoding.calls import CALL_CLOSE, CALL_OPEN, ToolCall, parse_output, render_call
 from edge_agent.decoding.grammar import GrammarOptions, build_grammar, lark_grammar
 from edge_agent.decoding.prompts import build_prompt, user_message
 from edge_agent.decoding.schema import ToolSpec, normalize_tools
@@ -447,6 +447,37 @@ def test_decoding_stops_at_the_first_repeated_call(smol: LlamaEngine) -> None:
     assert out.finish_reason == "stop"
     assert out.text.count(CALL_OPEN.strip()) == 2, out.text
     assert parse_output(out.text).calls == (ToolCall("ping", {"host": "example.com"}),)
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_a_draft_changes_nothing_but_the_decode_steps(
+    qwen: LlamaEngine, guided_qwen: GuidedLlamaEngine, *, locked: bool
+) -> None:
+    """A draft (a lower tier's call) is checked in one batch: the answer is
+    the model's own whether the draft is right or wrong, and the tokens it
+    agrees with cost no decode step each."""
+    # Tagged calls, as the ladder's tiers write them (call_bias set).
+    engine = guided_qwen.with_options(score_forced=True, call_bias=0.0)
+    prompt = prompt_for(qwen, "Lock the back door.")
+    grammar = build_grammar(HOME_TOOLS, AUTO)
+    alone = engine.generate(prompt, grammar=grammar)
+    assert parse_output(alone.text).calls == (
+        ToolCall("lock_door", {"door": "back", "locked": True}),
+    )
+    draft = render_call(ToolCall("lock_door", {"door": "back", "locked": locked}))
+    drafted = engine.generate(prompt, grammar=grammar, draft=draft)
+    assert drafted.text == alone.text
+    assert [t.token for t in drafted.tokens] == [t.token for t in alone.tokens]
+    assert drafted.stats.drafted > 0
+    # The first token is chosen from the prompt's own logits, as without a
+    # draft; the draft's tokens are taken from the second on.
+    taken = engine.llama.detokenize(
+        [t.token for t in alone.tokens][: 1 + drafted.stats.draft_accepted]
+    )
+    assert drafted.stats.draft_accepted >= 15  # the tool, the door and the JSON around them
+    assert drafted.stats.decode_batches < alone.stats.decode_batches
+    if not locked:  # never past the flag the model disagrees with
+        assert b"true" not in taken
 
 
 def test_tagged_call_is_matched_by_the_special_tokens(guided_qwen: GuidedLlamaEngine) -> None:
