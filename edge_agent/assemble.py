@@ -170,6 +170,7 @@ class Assembly:
             dangerous=settings.dangerous,
             parallel=settings.parallel_calls,
             draft=settings.draft,
+            keep_declines=settings.keep_declines,
         )
         return self._ladder
 

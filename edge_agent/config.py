@@ -179,6 +179,11 @@ class LadderSettings(BaseModel):
         "checks the draft in one batch and decodes only from where it disagrees, so its "
         "answer is its own, for fewer decode steps (llguidance engine only)",
     )
+    keep_declines: bool = Field(
+        False,
+        description="with climb_unsure, a tier's valid text answer (it says no tool fits) ends "
+        "the climb, however unsure: the 1.5B declines even less often than the 0.5B",
+    )
     climb_unsure: bool = Field(
         False,
         description="also climb when tier 0 is unsure (P(success) < threshold) or its call "

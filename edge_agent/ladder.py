@@ -107,6 +107,7 @@ class Ladder:
     dangerous: bool = False  # a call to a dangerous tool is decided by the top tier
     parallel: bool = False  # the tiers above tier 0 may make several calls in one answer
     draft: bool = False  # a tier that climbs from a call reads that call as its draft
+    keep_declines: bool = False  # a valid text answer (no tool fits) does not climb
 
     def threshold_of(self, tier: int) -> float | None:
         """τ of ``tier`` (0 = the agent's engine); None for the top rung,
@@ -127,7 +128,10 @@ class Ladder:
             return True, p
         if self.dangerous and dangerous_call:
             return False, p
-        return not self.unsure or (attempts[-1].valid and p >= tau), p
+        last = attempts[-1]
+        if self.keep_declines and last.valid and not last.parsed.is_call:
+            return True, p
+        return not self.unsure or (last.valid and p >= tau), p
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ class ScriptedEngine:
     logprob: float = -0.01
     name: str = "scripted-fake"
     prompts: list[str] = field(default_factory=list)
+    drafts: list[str | None] = field(default_factory=list)
 
     @property
     def chat_template(self) -> str | None:
@@ -44,8 +45,9 @@ class ScriptedEngine:
         max_tokens: int = 256,
         draft: str | None = None,
     ) -> Generation:
-        del grammar, max_tokens, draft
+        del grammar, max_tokens
         self.prompts.append(prompt)
+        self.drafts.append(draft)
         text = self.texts[min(len(self.prompts) - 1, len(self.texts) - 1)]
         pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
         tokens = tuple(

@@ -30,9 +30,17 @@ def home() -> Registry:
     return Registry.from_dirs().subset(["set_light", "lock_door"])
 
 
-def ladder(tier1: ScriptedEngine, *, unsure: bool, dangerous: bool, tau0: float = 0.99) -> Ladder:
+def ladder(
+    tier1: ScriptedEngine,
+    *,
+    unsure: bool,
+    dangerous: bool,
+    tau0: float = 0.99,
+    **rules: bool,
+) -> Ladder:
     tiers = (Tier("tier-1-fake", tier1, threshold=0.6),)
-    return Ladder(tau0, tiers, lambda attempts: 0.5, unsure=unsure, dangerous=dangerous)
+    judge = lambda attempts: 0.5  # noqa: E731 - every answer is unsure at τ0 0.99
+    return Ladder(tau0, tiers, judge, unsure=unsure, dangerous=dangerous, **rules)
 
 
 def test_a_dangerous_call_is_decided_again_by_the_top_tier(home: Registry) -> None:
@@ -62,3 +70,23 @@ def test_an_unsure_answer_climbs_only_when_climbing_on_confidence_is_on(home: Re
         tier0, tier1 = ScriptedEngine([LIGHT]), ScriptedEngine([LIGHT])
         agent = Agent(tier0, home, ladder=ladder(tier1, unsure=unsure, dangerous=True))
         assert agent.ask("Kitchen light on", execute=False).tier == tier  # P 0.5 < τ 0.99
+
+
+@pytest.mark.parametrize("draft", [True, False])
+def test_the_call_below_is_the_draft_of_the_tier_above(home: Registry, *, draft: bool) -> None:
+    tier0, tier1 = ScriptedEngine([LOCK]), ScriptedEngine([UNLOCK])
+    agent = Agent(tier0, home, ladder=ladder(tier1, unsure=False, dangerous=True, draft=draft))
+    agent.ask("Unlock the back door", execute=False)
+    assert tier0.drafts == [None]
+    assert tier1.drafts == [LOCK if draft else None]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_decline_climbs_only_without_keep_declines(home: Registry, *, keep: bool) -> None:
+    tier0, tier1 = ScriptedEngine(["No tool can order food."]), ScriptedEngine([LIGHT])
+    agent = Agent(
+        tier0, home, ladder=ladder(tier1, unsure=True, dangerous=True, keep_declines=keep)
+    )
+    result = agent.ask("Order me a pizza", execute=False)
+    assert result.tier == (0 if keep else 1)
+    assert len(tier1.prompts) == (0 if keep else 1)
