@@ -171,9 +171,10 @@ def _run(agent: Agent, item: dict[str, Any], *, execute: bool) -> dict[str, Any]
 
 
 def tier_rows(item: dict[str, Any], result: Result) -> list[dict[str, Any]]:
-    """Each ladder tier's own first-step answer, scored, when more than one
-    tier answered: a run at ``[ladder] threshold = 1.0`` can then be replayed
-    at any τ0 and tier-1 call bias by ``benchmarks/ladder_replay.py``."""
+    """Each ladder tier's own first-step answer, scored: a run at ``[ladder]
+    threshold = 1.0`` can then be replayed at any τ0 and tier-1 call bias by
+    ``benchmarks/ladder_replay.py``, and a run at ``[model] call_bias = 100``
+    at any tier-0 bias by ``benchmarks/call_bias_replay.py``."""
     first = [a for a in result.attempts if a.step == 0 and a.kind != "shadow"]
     rows = []
     for tier in sorted({a.tier for a in first}):
@@ -198,7 +199,7 @@ def tier_rows(item: dict[str, Any], result: Result) -> list[dict[str, Any]]:
                 },
             }
         )
-    return rows if len(rows) > 1 else []
+    return rows
 
 
 def declined(result: Result) -> bool:

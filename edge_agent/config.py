@@ -65,12 +65,14 @@ class ModelSettings(BaseModel):
         ),
     )
     call_bias: float | None = Field(
-        None,
+        -1.0,
         ge=-20,
         le=100,
         description="tier 0's call-intent rule, as [[ladder.tiers]] call_bias: with tool_choice "
         "auto, open a call when the best call-opening token plus this many logits beats the "
-        "best text token; None: the grammar's plain first choice (llguidance engine only)",
+        "best text token; None: the grammar's plain first choice (llguidance engine only). "
+        "-1 was best on the tuning items (BFCL 100-199 of simple_python, multiple and "
+        "irrelevance, and benchmarks/data/home_tuning.json; benchmarks/call_bias_replay.py)",
     )
     prefix_cache: bool = Field(
         True,
