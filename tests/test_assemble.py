@@ -110,8 +110,5 @@ def test_tier_0_gets_the_models_call_bias_and_a_tier_its_own() -> None:
     assert parts.engine().options == {"call_bias": -2.0}  # type: ignore[attr-defined]
     tier = parts._tier(config.ladder.tiers[0], None)  # the ladder's own builder of a rung
     assert tier.engine.options == {"call_bias": 1.5}  # type: ignore[attr-defined]
-    default = Assembly(EdgeAgentConfig(), load=lambda model, **_: _OptionsEngine())
-    assert default.engine().options == {"call_bias": -1.0}  # type: ignore[attr-defined]
-    plain = EdgeAgentConfig.model_validate({"model": {"call_bias": None}})
-    unset = Assembly(plain, load=lambda model, **_: _OptionsEngine())
+    unset = Assembly(EdgeAgentConfig(), load=lambda model, **_: _OptionsEngine())
     assert unset.engine().options == {}  # type: ignore[attr-defined]
