@@ -183,9 +183,11 @@ class LadderSettings(BaseModel):
         "answer is its own, for fewer decode steps (llguidance engine only)",
     )
     keep_declines: bool = Field(
-        False,
+        True,
         description="with climb_unsure, a tier's valid text answer (it says no tool fits) ends "
-        "the climb, however unsure: the 1.5B declines even less often than the 0.5B",
+        "the climb, however unsure: the 1.5B declines even less often than the 0.5B. "
+        "Measured on tuning items at τ0 0.88 (bench bfcl --mode ladder): irrelevance 100-149 "
+        "0.76 -> 0.80, simple_python 100-129 0.967 either way",
     )
     climb_unsure: bool = Field(
         False,
