@@ -13,6 +13,12 @@ By default only one kind of answer climbs: a call to a tool marked
 valid but wrong call there is the worst outcome there is
 (``ladder.dangerous``). Climbing on low confidence is ``ladder.climb_unsure``.
 
+A tier that climbs from a call reads that call as a draft (``ladder.draft``):
+it checks the draft in one batch and decodes only from its first
+disagreement, so a climb costs less and answers the same. With climbing on
+confidence, a tier's valid text answer ("no tool fits") ends the climb
+(``ladder.keep_declines``): the 1.5B declines even less often than the 0.5B.
+
 The ladder is offline and free, so it comes before any offload. It costs
 time only for the requests that climb, and memory for the bigger model,
 which is loaded on first use (``ask``) or at start (the daemon).
