@@ -474,7 +474,7 @@ def _repeats_answered(attempt: Attempt, messages: Sequence[Message]) -> bool:
     if not calls:
         return False
     answered = _answered(messages)  # parsed once, not once per call
-    return all(_key(c) in answered for c in calls)
+    return all(c.key() in answered for c in calls)
 
 
 def _answered(messages: Sequence[Message]) -> set[str]:
@@ -484,12 +484,8 @@ def _answered(messages: Sequence[Message]) -> set[str]:
         if message.get("role") != "assistant" or messages[i + 1].get("role") != "tool":
             continue
         parsed = parse_output(str(message.get("content") or ""))
-        answered.update(_key(c) for c in parsed.calls)
+        answered.update(c.key() for c in parsed.calls)
     return answered
-
-
-def _key(call: ToolCall) -> str:
-    return json.dumps(call.to_dict(), sort_keys=True, default=str)
 
 
 def _result_message(execution: Execution) -> Message:

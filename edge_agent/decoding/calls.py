@@ -50,6 +50,11 @@ class ToolCall:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "arguments": self.arguments}
 
+    def key(self) -> str:
+        """The call's identity: its name and arguments, key order ignored.
+        Two calls with the same key are the same call made twice."""
+        return _canonical(self.to_dict())
+
 
 @dataclass(frozen=True)
 class ParsedOutput:
@@ -174,7 +179,7 @@ def _without_repeats(calls: list[ToolCall]) -> tuple[ToolCall, ...]:
     seen: set[str] = set()
     kept: list[ToolCall] = []
     for call in calls:
-        key = _canonical(call.to_dict())
+        key = call.key()
         if key not in seen:
             seen.add(key)
             kept.append(call)
@@ -182,7 +187,7 @@ def _without_repeats(calls: list[ToolCall]) -> tuple[ToolCall, ...]:
 
 
 def _canonical(value: object) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def closes_a_repeat(text: str) -> bool:

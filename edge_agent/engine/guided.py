@@ -541,7 +541,7 @@ class _Run:
         far agrees with it; as many as fit behind ``pending`` in the last
         batch and under ``max_tokens``."""
         done = len(self.tokens)
-        if not done or self.draft[:done] != self.tokens:
+        if not self.draft or not done or self.draft[:done] != self.tokens:
             return []  # not before the first choice: the prompt's logits stay as without a draft
         n_batch = int(self.llm.n_batch)
         room = n_batch - 1 - (len(pending) - 1) % n_batch
@@ -558,7 +558,7 @@ class _Run:
             self._spec_rows = [row.copy() for row in rows[len(rows) - len(guess) :]]
             rows = rows[: len(rows) - len(guess)]
         self._score_forced(forced, rows[:-1])
-        return rows[-1].copy() if guess else rows[-1]
+        return rows[-1]
 
     def _follow_draft(self, token: int, forced: list[int]) -> Logits | None:
         """After choosing ``token`` (and its ``forced`` tokens): when they are

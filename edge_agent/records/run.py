@@ -8,7 +8,6 @@ base types and the call envelope.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -120,7 +119,7 @@ class Result:
             if not last.valid:
                 continue
             for call in (v.call for v in last.verdicts if v.ok and v.call):
-                key = json.dumps(call.to_dict(), sort_keys=True, default=str)
+                key = call.key()
                 if key not in seen:
                     seen.add(key)
                     calls.append(call)

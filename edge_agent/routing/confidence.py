@@ -166,7 +166,7 @@ def with_agreement(features: Features, result: Result, samples: Sequence[Result]
 
 
 def _call_key(result: Result) -> str:
-    calls = sorted(json.dumps(c.to_dict(), sort_keys=True) for c in result.calls)
+    calls = sorted(c.key() for c in result.calls)
     return json.dumps(calls) if calls else f"text:{result.final.valid}"
 
 
